@@ -1,0 +1,76 @@
+"""One settings object for the server. Units are in the names; every bound lives here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ECHOPANEL_"
+
+
+@dataclass(frozen=True)
+class RecognizerSettings:
+    """Per-source streaming recognizer tuning (see docs/behaviour.md)."""
+
+    vad_threshold: float = 0.5
+    vad_start_windows: int = 2  # consecutive 32 ms windows above threshold to open an utterance
+    pre_roll_ms: int = 300  # audio kept before the detected onset, so first syllables survive
+    hangover_ms: int = 300  # silence that ends an utterance
+    soft_max_utterance_ms: int = 10_000  # past this, end the utterance at the next short pause
+    max_utterance_ms: int = 15_000  # hard cut: force-commit before Whisper's 30 s window
+    min_utterance_ms: int = 200  # shorter voice blips are dropped without an item
+    first_partial_ms: int = 300  # speech needed before the first partial decode
+    partial_interval_ms: int = 300  # cadence of partial re-decodes while someone speaks
+    # Previous final text given to the decoder as a prompt. Off by default: on our fixtures a context prompt made
+    # tiny.en invent words at clip ends ("Thank you so much."); see docs/architecture.md.
+    context_chars: int = 0
+    max_pending_finals: int = 4  # closed utterances awaiting decode before push() blocks
+    event_queue_size: int = 256  # engine events not yet taken by the session
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "echopanel")
+    model_dir: Path | None = None  # None: the packaged Whisper tiny.en
+    inference_workers: int = 2  # decodes run in parallel on one shared model
+    cpu_threads_per_worker: int = 1
+    max_message_bytes: int = 1 << 20  # larger WebSocket messages close the connection with 1009
+    source_queue_ms: int = 2_000  # audio per source waiting for the recognizer; the socket pushes back at it
+    send_queue_events: int = 1024  # server events waiting for a slow client
+    max_sources: int = 4
+    recognizer: RecognizerSettings = field(default_factory=RecognizerSettings)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ECHOPANEL_* variables, then explicit overrides (CLI flags)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "recognizer":
+                continue
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        if values.get("model_dir") is not None:
+            values["model_dir"] = Path(values["model_dir"])
+        return replace(cls(), **values)
+
+
+def _coerce(name: str, raw: str) -> Any:
+    default = getattr(Settings(), name)
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw

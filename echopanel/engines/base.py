@@ -1,0 +1,86 @@
+"""The engine interface: push audio, commit, flush, close, iterate typed events.
+
+The server only ever sees ``SpeechEngine`` and ``SpeechStream``; which engine runs is configuration.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from echopanel.events import EngineEvent
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    name: str
+    model: str
+    sample_rate: int = 16000
+    partials: bool = True  # emits response.text.delta while someone speaks
+    word_timestamps: bool = True
+    word_confidence: bool = True
+    languages: tuple[str, ...] = ("en",)
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Per-stream options chosen by the session."""
+
+    source: str
+    priority: int = 0  # 0 = microphone (highest); larger values yield to smaller ones
+    first_item: int = 1  # item numbering continues from here (resume)
+    turn_detection: bool = True  # False: utterances end only on commit (or the hard length cap)
+    language: str = "en"
+
+
+class SpeechStream(ABC):
+    """One source's recognizer state. Methods are called from one task at a time, in order."""
+
+    @abstractmethod
+    async def push(self, pcm: np.ndarray) -> None:
+        """Feed float32 mono samples at the engine's sample rate. May wait (backpressure)."""
+
+    @abstractmethod
+    async def commit(self, event_id: str | None = None) -> None:
+        """End the current utterance now; emits ``Committed`` (item None if nothing was open)."""
+
+    @abstractmethod
+    async def request(self, response_id: str | None) -> None:
+        """Decode what is buffered now; results carry ``response_id``, then ``RequestCompleted``."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """End the current utterance and return once every final has been emitted."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop at once, dropping pending work."""
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[EngineEvent]:
+        """Typed events in order; ends after ``aclose`` or a completed ``flush`` + close."""
+
+    @property
+    @abstractmethod
+    def audio_ms(self) -> float:
+        """Audio pushed so far, in ms of this source's clock."""
+
+
+class SpeechEngine(ABC):
+    capabilities: EngineCapabilities
+
+    @abstractmethod
+    def open_stream(self, options: StreamOptions) -> SpeechStream: ...
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Load and exercise the model once so the first session is not slow."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources."""
+
+
+def as_float32(pcm16: bytes) -> np.ndarray:
+    return np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0

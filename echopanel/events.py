@@ -1,0 +1,88 @@
+"""The typed event vocabulary of the pipeline (hot path: plain dataclasses).
+
+Engines emit these; the session tags them with their source; each protocol dialect turns them into its own
+wire events. Times are milliseconds of the source's own audio, counted from its first sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, frozen=True)
+class Word:
+    text: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+
+
+@dataclass(slots=True, frozen=True)
+class SpeechStarted:
+    item: int
+    audio_start_ms: int
+
+
+@dataclass(slots=True, frozen=True)
+class SpeechStopped:
+    item: int
+    audio_end_ms: int
+
+
+@dataclass(slots=True, frozen=True)
+class Committed:
+    """An utterance was closed by an explicit commit (answers that client event)."""
+
+    item: int | None
+    event_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class TextDelta:
+    """Partial result: ``delta`` is newly stable text (append-only), ``tentative`` the unstable tail."""
+
+    item: int
+    delta: str
+    tentative: str
+    start_ms: int
+    end_ms: int
+    response_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class TextFinal:
+    """Final result of one utterance; ``text`` equals the concatenation of the item's deltas."""
+
+    item: int
+    text: str
+    start_ms: int
+    end_ms: int
+    words: tuple[Word, ...]
+    engine: str
+    compute_ms: float
+    response_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ItemFailed:
+    item: int
+    code: str
+    message: str
+
+
+@dataclass(slots=True, frozen=True)
+class RequestCompleted:
+    """Everything a ``response.create`` asked for has been emitted."""
+
+    response_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class StreamStats:
+    received_ms: float = 0.0
+    processed_ms: float = 0.0
+    compute_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+EngineEvent = SpeechStarted | SpeechStopped | Committed | TextDelta | TextFinal | ItemFailed | RequestCompleted

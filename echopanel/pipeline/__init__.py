@@ -1,0 +1,1 @@
+"""Streaming pipeline: voice activity, utterance segmentation, local agreement, inference scheduling."""

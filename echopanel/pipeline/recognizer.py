@@ -1,0 +1,383 @@
+"""Streaming recognizer for engines that decode whole utterances (Whisper): VAD + re-decode + local agreement.
+
+Per source: audio goes through the voice detector (off the event loop) into the utterance segmenter. While an
+utterance is open it is re-decoded on a cadence; local agreement turns what two decodes agree on into stable text
+(``delta``), the rest is the ``tentative`` tail. When the utterance closes, a final decode is forced to start with
+the stable text already sent (``prefix``), so an item's deltas concatenate to exactly its final text.
+
+One decode loop per source runs jobs one at a time, finals first, through the shared ``InferenceScheduler``.
+State is bounded: the open utterance (<= hard max), at most ``max_pending_finals`` closed ones (``push`` waits
+beyond that, which pushes back on the socket), the last ``context_chars`` of text, and a bounded event queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from echopanel.config import RecognizerSettings
+from echopanel.engines.base import SpeechStream, StreamOptions
+from echopanel.events import (
+    Committed,
+    EngineEvent,
+    ItemFailed,
+    RequestCompleted,
+    SpeechStarted,
+    SpeechStopped,
+    TextDelta,
+    TextFinal,
+    Word,
+)
+from echopanel.pipeline.agreement import LocalAgreement, split_words
+from echopanel.pipeline.scheduler import InferenceScheduler, JobKind
+from echopanel.pipeline.segmenter import Closed, Opened, Utterance, UtteranceSegmenter
+from echopanel.pipeline.vad import WINDOW, VoiceDetector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class Decoded:
+    text: str
+    words: tuple[Word, ...]  # times relative to the start of the decoded audio; empty for partials
+
+
+class Decoder(Protocol):
+    name: str
+
+    def decode(self, audio: np.ndarray, *, prefix: str, context: str, final: bool) -> Decoded:
+        """Blocking decode of one utterance's audio (runs on a scheduler worker thread)."""
+        ...
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    utt: Utterance
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    decoded_samples: int = 0
+    last_tentative: str = ""
+    compute_s: float = 0.0
+    response_ids: list[str | None] = field(default_factory=list)
+
+
+_END = object()
+
+
+class VadStreamingRecognizer(SpeechStream):
+    def __init__(
+        self,
+        *,
+        decoder: Decoder,
+        scheduler: InferenceScheduler,
+        detector: VoiceDetector,
+        vad_executor: Executor,
+        options: StreamOptions,
+        settings: RecognizerSettings,
+        sample_rate: int = 16000,
+        on_compute: Callable[[float, float], None] | None = None,
+    ) -> None:
+        self._decoder = decoder
+        self._scheduler = scheduler
+        self._detector = detector
+        self._vad_executor = vad_executor
+        self._options = options
+        self._s = settings
+        self._rate = sample_rate
+        self._ms = sample_rate // 1000
+        self._on_compute = on_compute
+        self._segmenter = UtteranceSegmenter(
+            sample_rate=sample_rate,
+            window=WINDOW,
+            threshold=settings.vad_threshold,
+            start_windows=settings.vad_start_windows,
+            pre_roll_ms=settings.pre_roll_ms,
+            hangover_ms=settings.hangover_ms,
+            soft_max_ms=settings.soft_max_utterance_ms,
+            hard_max_ms=settings.max_utterance_ms,
+            turn_detection=options.turn_detection,
+            first_item=options.first_item,
+        )
+        self._carry = np.zeros(0, np.float32)  # < one VAD window not yet processed
+        self._received = 0
+        self._open: _Item | None = None
+        self._closed: deque[_Item] = deque()
+        self._requests: deque[str | None] = deque()
+        self._context = ""
+        self._events: asyncio.Queue[object] = asyncio.Queue(settings.event_queue_size)
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._partial_job: asyncio.Future[object] | None = None
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- SpeechStream -------------------------------------------------------------------------------------------
+
+    @property
+    def audio_ms(self) -> float:
+        return self._received / self._ms
+
+    async def push(self, pcm: np.ndarray) -> None:
+        self._ensure_task()
+        while len(self._closed) >= self._s.max_pending_finals:
+            self._progress.clear()
+            await self._progress.wait()
+        async with self._lock:
+            self._received += len(pcm)
+            audio = np.concatenate((self._carry, pcm)) if len(self._carry) else pcm
+            n = len(audio) // WINDOW
+            self._carry = audio[n * WINDOW :].copy()
+            if n == 0:
+                return
+            windows = audio[: n * WINDOW].reshape(n, WINDOW)
+            loop = asyncio.get_running_loop()
+            probs = await loop.run_in_executor(self._vad_executor, self._detector.probabilities, windows)
+            for window, prob in zip(windows, probs, strict=True):
+                for ev in self._segmenter.feed(window, prob):
+                    await self._on_segment(ev)
+            if self._open is not None:
+                self._wake.set()
+
+    async def commit(self, event_id: str | None = None) -> None:
+        self._ensure_task()
+        async with self._lock:
+            utt = self._segmenter.force_close("commit")
+            if utt is not None:
+                await self._on_segment(Closed(utt))
+            await self._emit(Committed(utt.item if utt else None, event_id))
+
+    async def request(self, response_id: str | None) -> None:
+        self._ensure_task()
+        self._requests.append(response_id)
+        if self._open is not None:
+            self._open.response_ids.append(response_id)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        self._ensure_task()
+        async with self._lock:
+            utt = self._segmenter.force_close("flush")
+            if utt is not None:
+                await self._on_segment(Closed(utt))
+        while self._closed or self._requests:
+            self._progress.clear()
+            self._wake.set()
+            await self._progress.wait()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._partial_job is not None:
+            self._partial_job.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            self._events.put_nowait(_END)
+        except asyncio.QueueFull:
+            pass
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            ev = await self._events.get()
+            if ev is _END:
+                return
+            yield ev  # type: ignore[misc]
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _ensure_task(self) -> None:
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"decode-{self._options.source}")
+
+    async def _emit(self, ev: EngineEvent) -> None:
+        await self._events.put(ev)
+
+    async def _on_segment(self, ev: Opened | Closed) -> None:
+        utt = ev.utterance
+        if isinstance(ev, Opened):
+            self._open = _Item(utt)
+            await self._emit(SpeechStarted(utt.item, utt.onset // self._ms))
+            return
+        item = self._open if self._open is not None and self._open.utt is utt else _Item(utt)
+        self._open = None
+        if self._partial_job is not None and not self._partial_job.done():
+            self._partial_job.cancel()  # not started yet: the final supersedes it
+        assert utt.end is not None
+        await self._emit(SpeechStopped(utt.item, utt.end // self._ms))
+        self._closed.append(item)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("decode loop failed (source %s)", self._options.source)
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            if self._closed:
+                await self._final(self._closed[0])
+                self._closed.popleft()
+                self._progress.set()
+                continue
+            item = self._open
+            if item is not None and (item.response_ids or self._partial_due(item)):
+                await self._partial(item)
+                continue
+            if self._requests:
+                await self._emit(RequestCompleted(self._requests.popleft()))
+                self._progress.set()
+                continue
+            self._progress.set()
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _partial_due(self, item: _Item) -> bool:
+        utt = item.utt
+        if utt.speech_samples < self._s.first_partial_ms * self._ms:
+            return False
+        return utt.samples - item.decoded_samples >= self._s.partial_interval_ms * self._ms
+
+    async def _partial(self, item: _Item) -> None:
+        utt = item.utt
+        audio = utt.audio()
+        item.decoded_samples = len(audio)
+        prefix = item.agreement.stable_text
+        context = self._context
+        response_ids, item.response_ids = item.response_ids, []
+        decoder = self._decoder
+        job = self._scheduler.submit(
+            lambda: decoder.decode(audio, prefix=prefix, context=context, final=False),
+            kind=JobKind.PARTIAL,
+            priority=self._options.priority,
+        )
+        self._partial_job = job  # type: ignore[assignment]
+        await asyncio.wait([job])
+        self._partial_job = None
+        if job.cancelled():
+            item.response_ids = response_ids + item.response_ids
+            return
+        try:
+            result = job.result()
+        except Exception:
+            log.exception("partial decode failed (source %s)", self._options.source)
+            item.response_ids = response_ids + item.response_ids
+            return
+        self._account(item, result.compute_s, len(audio))
+        hyp = _after_prefix(result.value.text, prefix, len(item.agreement.stable))
+        delta = item.agreement.update(hyp)
+        tentative = item.agreement.tentative_text
+        rid = response_ids[-1] if response_ids else None
+        if delta or tentative != item.last_tentative or rid is not None:
+            item.last_tentative = tentative
+            end = utt.audio_start + len(audio)
+            await self._emit(
+                TextDelta(utt.item, delta, tentative, utt.onset // self._ms, end // self._ms, response_id=rid)
+            )
+
+    async def _final(self, item: _Item) -> None:
+        utt = item.utt
+        audio = utt.audio()
+        prefix = item.agreement.stable_text
+        context = self._context
+        decoder = self._decoder
+        rid = item.response_ids[-1] if item.response_ids else None
+        job = self._scheduler.submit(
+            lambda: decoder.decode(audio, prefix=prefix, context=context, final=True),
+            kind=JobKind.FINAL,
+            priority=self._options.priority,
+        )
+        try:
+            result = await job
+        except Exception as exc:
+            log.warning("final decode failed (source %s): %s", self._options.source, type(exc).__name__)
+            await self._emit(ItemFailed(utt.item, "transcription_failed", f"decode failed: {type(exc).__name__}"))
+            return
+        self._account(item, result.compute_s, len(audio))
+        base_ms = utt.audio_start // self._ms
+        voiced_ms = utt.last_voiced // self._ms - base_ms
+        text, kept = assemble_final(result.value, prefix, len(item.agreement.stable), voiced_ms)
+        delta = text[len(prefix) :]
+        words = tuple(Word(w.text.strip(), base_ms + w.start_ms, base_ms + w.end_ms, w.confidence) for w in kept)
+        start_ms = words[0].start_ms if words else utt.onset // self._ms
+        end_ms = words[-1].end_ms if words else (utt.end or utt.onset) // self._ms
+        if delta or item.last_tentative:
+            await self._emit(TextDelta(utt.item, delta, "", start_ms, end_ms, response_id=rid))
+        await self._emit(
+            TextFinal(
+                utt.item,
+                text,
+                start_ms,
+                end_ms,
+                words,
+                self._decoder.name,
+                round(item.compute_s * 1000, 1),
+                response_id=rid,
+            )
+        )
+        if text and self._s.context_chars > 0:
+            self._context = (self._context + " " + text)[-self._s.context_chars :].lstrip()
+
+    def _account(self, item: _Item, compute_s: float, samples: int) -> None:
+        item.compute_s += compute_s
+        if self._on_compute is not None:
+            self._on_compute(compute_s, samples / self._rate)
+
+
+def _after_prefix(text: str, prefix: str, prefix_words: int) -> list[str]:
+    """The decoder's words after the forced prefix."""
+    stripped = text.lstrip()
+    if prefix and stripped.startswith(prefix):
+        return split_words(stripped[len(prefix):])
+    return split_words(text)[prefix_words:]
+
+
+HALLUCINATION_MARGIN_MS = 150
+
+
+def _invented(word: Word, voiced_end_ms: int) -> bool:
+    if not _has_letters(word.text):
+        return True  # a lone " ." or "..."
+    if word.start_ms >= voiced_end_ms + HALLUCINATION_MARGIN_MS:
+        return True
+    # Whisper squeezes words it invents after the speech into zero length at the clip end.
+    return word.end_ms - word.start_ms <= 20 and word.start_ms >= voiced_end_ms - 300
+
+
+def _has_letters(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def assemble_final(decoded: Decoded, prefix: str, prefix_words: int, voiced_end_ms: int) -> tuple[str, list[Word]]:
+    """The final text of an item, guaranteed to start with the stable ``prefix`` already sent.
+
+    Trailing words that begin after the voice ended (Whisper's end-of-clip inventions, e.g. "Thank you.") are
+    dropped; they can never remove text that was already sent as stable.
+    """
+    words = list(decoded.words)
+    cut = len(words)
+    while cut > 0 and _invented(words[cut - 1], voiced_end_ms):
+        cut -= 1
+    words = words[:cut]
+    full = ("".join(w.text for w in words) if decoded.words else decoded.text).lstrip()
+    if not prefix:
+        return full.rstrip(), words
+    if full.startswith(prefix):
+        return prefix + full[len(prefix) :].rstrip(), words
+    if prefix.startswith(full):
+        return prefix, words
+    return prefix + "".join(_after_prefix(full, prefix, prefix_words)).rstrip(), words

@@ -1,0 +1,141 @@
+"""One inference scheduler shared by every session.
+
+Jobs are blocking callables (a decode on the shared model) run by a fixed pool of worker threads, never on the
+event loop. Order: finals before partials, then the stream's priority (microphone before system audio), then
+oldest first. A job cancelled before a worker picks it up is skipped (a stale partial replaced by a newer need).
+The queue is bounded by construction: each stream has at most one job queued or running at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class JobKind(IntEnum):
+    FINAL = 0
+    PARTIAL = 1
+
+
+@dataclass(slots=True, frozen=True)
+class JobResult(Generic[T]):
+    value: T
+    wait_s: float
+    compute_s: float
+
+
+@dataclass(order=True)
+class _Job:
+    key: tuple[int, int, float, int]
+    fn: Callable[[], Any] = field(compare=False)
+    future: asyncio.Future[Any] = field(compare=False)
+    loop: asyncio.AbstractEventLoop = field(compare=False)
+    enqueued: float = field(compare=False)
+
+
+class InferenceScheduler:
+    def __init__(self, workers: int = 2, name: str = "inference") -> None:
+        self.workers = workers
+        self.name = name
+        self._heap: list[_Job] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self.busy = 0
+        self.completed = 0
+        self.compute_s_total = 0.0
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stopping = False
+        for i in range(self.workers):
+            t = threading.Thread(target=self._worker, name=f"{self.name}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            pending, self._heap = self._heap, []
+            self._cond.notify_all()
+        for job in pending:
+            _post(job.loop, _cancel, job.future)
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+
+    @property
+    def queued(self) -> int:
+        return len(self._heap)
+
+    def submit(self, fn: Callable[[], T], *, kind: JobKind, priority: int = 0) -> asyncio.Future[JobResult[T]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[JobResult[T]] = loop.create_future()
+        now = time.monotonic()
+        job = _Job((int(kind), priority, now, next(self._seq)), fn, future, loop, now)
+        with self._cond:
+            if self._stopping:
+                future.set_exception(RuntimeError("inference scheduler is stopped"))
+                return future
+            heapq.heappush(self._heap, job)
+            self._cond.notify()
+        return future
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = heapq.heappop(self._heap)
+                if job.future.cancelled():
+                    continue
+                self.busy += 1
+            started = time.monotonic()
+            try:
+                value = job.fn()
+            except BaseException as exc:
+                _post(job.loop, _set_exception, job.future, exc)
+            else:
+                done = time.monotonic()
+                result = JobResult(value, started - job.enqueued, done - started)
+                _post(job.loop, _set_result, job.future, result)
+            finally:
+                with self._cond:
+                    self.busy -= 1
+                    self.completed += 1
+                    self.compute_s_total += time.monotonic() - started
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _cancel(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.cancel()
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass

@@ -86,3 +86,15 @@ class StreamStats:
 
 
 EngineEvent = SpeechStarted | SpeechStopped | Committed | TextDelta | TextFinal | ItemFailed | RequestCompleted
+
+
+@dataclass(slots=True, frozen=True)
+class SourceEvent:
+    """An engine event tagged with the session source it belongs to."""
+
+    source: str
+    event: EngineEvent
+
+
+def item_id(source: str, item: int) -> str:
+    return f"item_{source}_{item:05d}"

@@ -1,0 +1,3 @@
+from echopanel.cli import main
+
+raise SystemExit(main())

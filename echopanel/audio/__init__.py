@@ -1,0 +1,1 @@
+"""Audio formats: PCM16 decoding, resampling, WAV reading."""

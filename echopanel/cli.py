@@ -1,0 +1,152 @@
+"""``echopanel`` command line: serve, transcribe."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from echopanel.config import Settings
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get("ECHOPANEL_" + name, default)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="echopanel", description="Real-time streaming speech-to-text")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (ECHOPANEL_* variables set the defaults)")
+    serve.add_argument("--host", help="bind address (ECHOPANEL_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port, 0 for any free one (ECHOPANEL_PORT, default 8765)")
+    serve.add_argument("--token", help="require this bearer token (ECHOPANEL_TOKEN; default: no auth)")
+    serve.add_argument("--data-dir", help="where sessions and recordings live (ECHOPANEL_DATA_DIR)")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+
+    tr = sub.add_parser("transcribe", help="stream WAV files to a server and print the transcript")
+    tr.add_argument("files", nargs="+", help="one WAV (mic) or two (mic and system)")
+    tr.add_argument("--url", default=_env("URL", "ws://127.0.0.1:8765/v1/live"))
+    tr.add_argument("--token", default=_env("TOKEN"))
+    tr.add_argument("--fast", action="store_true", help="send as fast as the server accepts, not in real time")
+    tr.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _transcribe(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings.from_env(host=args.host, port=args.port, token=args.token, data_dir=args.data_dir)
+    from echopanel.server.run import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    if len(args.files) > 2:
+        print("echopanel transcribe: at most two files (mic and system)", file=sys.stderr)
+        return 2
+    for f in args.files:
+        if not Path(f).is_file():
+            print(f"echopanel transcribe: no such file: {f}", file=sys.stderr)
+            return 2
+    try:
+        return asyncio.run(_transcribe_async(args))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"echopanel transcribe: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _transcribe_async(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from echopanel.audio.wav import read_pcm16
+    from echopanel.client import LiveClient, ServerError, TranscriptView
+    from echopanel.client.stream import transcribe
+
+    sources = ["mic", "system"][: len(args.files)]
+    audio = {source: read_pcm16(path) for source, path in zip(sources, args.files, strict=True)}
+    console = Console(stderr=args.json)
+    live = Live(Text(""), console=console, auto_refresh=False, transient=True) if not args.json else None
+    partial: dict[str, str] = {}
+
+    def on_event(ev: dict[str, Any], view: TranscriptView) -> None:
+        if live is None:
+            return
+        kind = ev.get("type")
+        if kind == "response.text.delta":
+            item = view.items[ev["item_id"]]
+            partial[item.source] = item.stable + item.tentative
+        elif kind == "response.done":
+            partial.pop(ev["source"], None)
+            if ev["text"]:
+                live.console.print(_line(ev["source"], ev["start_ms"], ev["text"]))
+        elif kind == "error":
+            live.console.print(f"[red]error {ev.get('code')}: {ev.get('message')}[/red]")
+        status = Text("\n".join(f"{s} … {t}" for s, t in partial.items() if t), style="dim")
+        live.update(status, refresh=True)
+
+    try:
+        async with LiveClient(args.url, token=args.token, sources=sources) as client:
+            if live is not None:
+                live.start()
+            try:
+                view = await transcribe(client, audio, realtime=not args.fast, on_event=on_event)
+            finally:
+                if live is not None:
+                    live.stop()
+            code = client.close_code
+    except ServerError as exc:
+        print(f"echopanel transcribe: server refused the session: {exc}", file=sys.stderr)
+        return 1
+    session_id = client.session.get("id")
+    if args.json:
+        items = [
+            {
+                "item_id": i.item_id,
+                "source": i.source,
+                "text": i.final,
+                "start_ms": i.start_ms,
+                "end_ms": i.end_ms,
+                "speaker": i.speaker,
+            }
+            for i in view.finals()
+        ]
+        print(json.dumps({"session_id": session_id, "items": items}, ensure_ascii=False))
+    else:
+        console.rule(f"transcript {session_id}")
+        for i in view.finals():
+            console.print(_line(i.source, i.start_ms, i.final or ""))
+    if code not in (1000, None):
+        print(f"echopanel transcribe: connection closed with code {code}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _line(source: str, start_ms: int, text: str) -> str:
+    s = start_ms // 1000
+    return f"[{s // 60:02d}:{s % 60:02d} {source}] {text}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

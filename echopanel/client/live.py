@@ -1,0 +1,181 @@
+"""Async client for ``/v1/live``: open a session, stream audio as binary frames, iterate server events."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from echopanel.protocol.frames import encode_frame
+
+
+class ServerError(Exception):
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__(f"{event.get('code')}: {event.get('message')}")
+        self.event = event
+        self.code = event.get("code")
+
+
+class LiveClient:
+    """One session over one connection. Use as ``async with LiveClient(url, sources=[...]) as c``."""
+
+    def __init__(
+        self,
+        url: str = "ws://127.0.0.1:8765/v1/live",
+        *,
+        token: str | None = None,
+        sources: Sequence[str] = ("mic", "system"),
+        sample_rate: int = 16000,
+        session: dict[str, Any] | None = None,
+        open_timeout_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.sources = list(sources)
+        self.sample_rate = sample_rate
+        self.extra_session = session or {}
+        self.open_timeout_s = open_timeout_s
+        self.ws: ClientConnection | None = None
+        self.session: dict[str, Any] = {}
+        self._ids = itertools.count(1)
+
+    async def __aenter__(self) -> LiveClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    async def open(self) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self.ws = await connect(
+            self.url,
+            additional_headers=headers,
+            subprotocols=["echopanel.v1"],  # type: ignore[list-item]
+            max_size=None,
+            open_timeout=self.open_timeout_s,
+            ping_interval=20,
+        )
+        config = {"sources": self.sources, "sample_rate": self.sample_rate, **self.extra_session}
+        event_id = await self.send({"type": "session.create", "session": config})
+        while True:
+            ev = await self.recv()
+            if ev.get("type") == "session.created":
+                self.session = ev["session"]
+                return self.session
+            if ev.get("type") == "error" and ev.get("event_id") == event_id:
+                raise ServerError(ev)
+
+    def next_id(self) -> str:
+        return f"evt_{next(self._ids)}"
+
+    async def send(self, event: dict[str, Any]) -> str:
+        assert self.ws is not None, "not connected"
+        event.setdefault("event_id", self.next_id())
+        await self.ws.send(json.dumps(event))
+        return str(event["event_id"])
+
+    async def send_audio(self, source: str, pcm16: bytes) -> None:
+        assert self.ws is not None, "not connected"
+        await self.ws.send(encode_frame(self.sources.index(source), pcm16))
+
+    async def commit(self, source: str | None = None) -> str:
+        return await self.send({"type": "input_audio_buffer.commit", **({"source": source} if source else {})})
+
+    async def request(self, source: str | None = None) -> str:
+        return await self.send({"type": "response.create", **({"source": source} if source else {})})
+
+    async def close_session(self) -> str:
+        return await self.send({"type": "session.close"})
+
+    async def recv(self) -> dict[str, Any]:
+        assert self.ws is not None, "not connected"
+        data = await self.ws.recv()
+        return json.loads(data)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Server events until the connection closes."""
+        while True:
+            try:
+                yield await self.recv()
+            except ConnectionClosed:
+                return
+
+    @property
+    def close_code(self) -> int | None:
+        return None if self.ws is None else self.ws.close_code
+
+    async def disconnect(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+
+@dataclass
+class ItemView:
+    item_id: str
+    source: str
+    stable: str = ""
+    tentative: str = ""
+    final: str | None = None
+    start_ms: int = 0
+    end_ms: int = 0
+    speaker: str | None = None
+    first_text_at: float | None = None
+    done_at: float | None = None
+    words: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TranscriptView:
+    """Folds server events into items: stable text, tentative tail, final text; checks the delta contract."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, ItemView] = {}
+        self.errors: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
+        self.violations: list[str] = []
+
+    def apply(self, ev: dict[str, Any], now: float | None = None) -> ItemView | None:
+        now = asyncio.get_event_loop().time() if now is None else now
+        kind = ev.get("type")
+        if kind == "error":
+            self.errors.append(ev)
+            return None
+        if kind == "session.summary":
+            self.summary = ev
+            return None
+        if kind not in ("response.text.delta", "response.done", "input_audio_buffer.speech_started"):
+            return None
+        iid = ev["item_id"]
+        item = self.items.get(iid)
+        if item is None:
+            item = self.items[iid] = ItemView(iid, ev["source"])
+        if kind == "response.text.delta":
+            item.stable += ev["delta"]
+            item.tentative = ev["tentative"]
+            if item.first_text_at is None and (ev["delta"] or ev["tentative"]):
+                item.first_text_at = now
+        elif kind == "response.done":
+            item.final = ev["text"]
+            item.start_ms, item.end_ms = ev["start_ms"], ev["end_ms"]
+            item.speaker = ev.get("speaker")
+            item.words = ev.get("words", [])
+            item.tentative = ""
+            item.done_at = now
+            if item.stable != ev["text"]:
+                self.violations.append(f"{iid}: deltas {item.stable!r} != final {ev['text']!r}")
+            if item.first_text_at is None and ev["text"]:
+                item.first_text_at = now
+        return item
+
+    def finals(self) -> list[ItemView]:
+        done = [i for i in self.items.values() if i.final]
+        return sorted(done, key=lambda i: (i.start_ms, i.source))
+
+    def text(self, source: str | None = None) -> str:
+        return " ".join(i.final or "" for i in self.finals() if source is None or i.source == source)

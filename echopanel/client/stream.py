@@ -1,0 +1,68 @@
+"""Stream PCM to a session at real-time pace (or as fast as the server accepts), collecting events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from echopanel.client.live import LiveClient, TranscriptView
+
+BYTES_PER_SAMPLE = 2
+
+
+async def send_source(
+    client: LiveClient,
+    source: str,
+    pcm: bytes,
+    *,
+    realtime: bool = True,
+    chunk_ms: int = 40,
+    on_chunk: Callable[[str, int, float], None] | None = None,
+    t0: float | None = None,
+) -> None:
+    """Send one source's audio in ``chunk_ms`` frames; with ``realtime``, at the pace it was recorded."""
+    rate = client.sample_rate
+    step = rate * chunk_ms // 1000 * BYTES_PER_SAMPLE
+    start = time.monotonic() if t0 is None else t0
+    for offset in range(0, len(pcm), step):
+        if realtime:
+            due = start + offset / BYTES_PER_SAMPLE / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await client.send_audio(source, pcm[offset : offset + step])
+        if on_chunk is not None:
+            on_chunk(source, offset // BYTES_PER_SAMPLE, time.monotonic())
+
+
+async def transcribe(
+    client: LiveClient,
+    audio: Mapping[str, bytes],
+    *,
+    realtime: bool = True,
+    chunk_ms: int = 40,
+    on_event: Callable[[dict[str, Any], TranscriptView], None] | None = None,
+    on_chunk: Callable[[str, int, float], None] | None = None,
+) -> TranscriptView:
+    """Send every source's audio, close the session, and fold all events until the server closes."""
+    view = TranscriptView()
+
+    async def receive() -> None:
+        async for ev in client.events():
+            view.apply(ev, time.monotonic())
+            if on_event is not None:
+                on_event(ev, view)
+
+    receiver = asyncio.create_task(receive())
+    t0 = time.monotonic()
+    await asyncio.gather(
+        *(
+            send_source(client, source, pcm, realtime=realtime, chunk_ms=chunk_ms, on_chunk=on_chunk, t0=t0)
+            for source, pcm in audio.items()
+        )
+    )
+    await client.close_session()
+    await receiver
+    return view

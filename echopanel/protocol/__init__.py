@@ -1,0 +1,1 @@
+"""Wire protocols: the native EchoPanel dialect (and, later, the OpenAI Realtime dialect)."""

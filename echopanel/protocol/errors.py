@@ -1,0 +1,47 @@
+"""Error codes and close codes of the native protocol (docs/protocol.md lists each with its meaning)."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_EVENT = "unknown_event"
+    INVALID_EVENT = "invalid_event"  # a field is missing, has the wrong type or an invalid value
+    SESSION_NOT_CREATED = "session_not_created"
+    SESSION_ALREADY_CREATED = "session_already_created"
+    SESSION_NOT_FOUND = "session_not_found"
+    UNKNOWN_SOURCE = "unknown_source"
+    INVALID_AUDIO = "invalid_audio"  # not valid base64
+    INVALID_AUDIO_LENGTH = "invalid_audio_length"  # odd byte count: not whole PCM16 samples
+    INVALID_FRAME = "invalid_frame"  # binary frame with a bad magic, version or source index
+    UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    INVALID_UPDATE = "invalid_update"
+    COMMIT_EMPTY = "input_audio_buffer_commit_empty"
+    TRANSCRIPTION_FAILED = "transcription_failed"
+    SESSION_CLOSING = "session_closing"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    POLICY = 1008  # unauthorized
+    TOO_LARGE = 1009
+    SERVER_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+class ProtocolError(Exception):
+    """A client event that cannot be applied. The session stays open."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, param: str | None = None, event_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.event_id = event_id

@@ -1,0 +1,1 @@
+"""The server: HTTP app, WebSocket dialects, sessions."""

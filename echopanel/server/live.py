@@ -1,0 +1,307 @@
+"""The native dialect at ``GET /v1/live`` (docs/protocol.md): a thin adapter over ``Session``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from echopanel.audio.convert import SUPPORTED_RATES
+from echopanel.config import Settings
+from echopanel.engines.base import SpeechEngine
+from echopanel.events import SourceEvent
+from echopanel.protocol import client_events as ce
+from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from echopanel.protocol.frames import decode_frame
+from echopanel.protocol.native import error_event, to_wire
+from echopanel.server.auth import PROTOCOL_NAME, authorized
+from echopanel.server.session import Barrier, OutboxItem, Session
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class LiveConnection:
+    def __init__(self, ws: WebSocket, engine: SpeechEngine, settings: Settings) -> None:
+        self.ws = ws
+        self.engine = engine
+        self.settings = settings
+        self.outbox: asyncio.Queue[OutboxItem] = asyncio.Queue(settings.send_queue_events)
+        self.session: Session | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self.close_code: int = CloseCode.NORMAL
+
+    async def run(self) -> None:
+        self._sender = asyncio.create_task(self._send_loop(), name="live-sender")
+        try:
+            await self._read_loop()
+        finally:
+            if self.session is not None:
+                await self.session.aclose()
+            if not self._sender.done():
+                self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                msg = await self.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if msg["type"] == "websocket.disconnect":
+                code = msg.get("code")
+                if code == CloseCode.TOO_LARGE:
+                    log.info("connection closed: message larger than %d bytes", self.settings.max_message_bytes)
+                return
+            try:
+                if msg.get("text") is not None:
+                    if await self._on_text(msg["text"]):
+                        return
+                elif msg.get("bytes") is not None:
+                    await self._on_binary(msg["bytes"])
+            except ProtocolError as err:
+                await self._send_error(err)
+
+    async def _send_error(self, err: ProtocolError) -> None:
+        await self.outbox.put(error_event(err.code, err.message, event_id=err.event_id, param=err.param))
+
+    async def _on_text(self, text: str) -> bool:
+        event, event_id = ce.parse_client_event(text)
+        try:
+            return await self._dispatch(event)
+        except ProtocolError as err:
+            err.event_id = err.event_id or event_id
+            raise
+
+    async def _dispatch(self, event: Any) -> bool:
+        """Apply one client event; True when the connection is done."""
+        if isinstance(event, ce.Ping):
+            await self.outbox.put(_with_id({"type": "pong"}, event.event_id))
+            return False
+        if isinstance(event, ce.SessionCreate):
+            await self._create(event)
+            return False
+        session = self._require_session()
+        if isinstance(event, ce.AudioAppend):
+            source = self._source(event.source)
+            try:
+                pcm = base64.b64decode(event.audio, validate=True)
+            except (binascii.Error, ValueError):
+                raise ProtocolError(ErrorCode.INVALID_AUDIO, "audio is not valid base64", param="audio") from None
+            await self._append(source, pcm)
+        elif isinstance(event, ce.AudioCommit):
+            for source in self._sources(event.source):
+                await session.commit(source, event.event_id)
+        elif isinstance(event, ce.ResponseCreate):
+            for source in self._sources(event.source):
+                await session.request(source, event.event_id)
+        elif isinstance(event, ce.SessionUpdate):
+            await self._update(event)
+        elif isinstance(event, ce.SessionClose):
+            await self._close(event.event_id)
+            return True
+        return False
+
+    async def _on_binary(self, frame: bytes) -> None:
+        session = self._require_session()
+        index, pcm = decode_frame(frame, len(session.sources))
+        await self._append(session.source_names[index], pcm)
+
+    async def _append(self, source: str, pcm: bytes) -> None:
+        if len(pcm) % 2:
+            raise ProtocolError(
+                ErrorCode.INVALID_AUDIO_LENGTH,
+                f"PCM16 audio must have an even byte count, got {len(pcm)}; the chunk was not accepted",
+                param="audio",
+            )
+        assert self.session is not None
+        if self.session.closing:
+            raise ProtocolError(ErrorCode.SESSION_CLOSING, "the session is closing; audio was not accepted")
+        if pcm:
+            await self.session.append(source, pcm)
+
+    def _require_session(self) -> Session:
+        if self.session is None:
+            raise ProtocolError(ErrorCode.SESSION_NOT_CREATED, "send session.create first")
+        return self.session
+
+    def _source(self, name: str | None) -> str:
+        session = self._require_session()
+        if name is None:
+            return session.source_names[0]
+        if name not in session.sources:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_SOURCE,
+                f"unknown source {name!r}; this session has {session.source_names}",
+                param="source",
+            )
+        return name
+
+    def _sources(self, name: str | None) -> list[str]:
+        return self._require_session().source_names if name is None else [self._source(name)]
+
+    async def _create(self, event: ce.SessionCreate) -> None:
+        if self.session is not None:
+            raise ProtocolError(ErrorCode.SESSION_ALREADY_CREATED, "this connection already has a session")
+        if event.resume is not None:
+            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "no resumable session with that id", param="resume")
+        cfg = event.session
+        if cfg.sample_rate not in SUPPORTED_RATES:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_SAMPLE_RATE,
+                f"sample_rate {cfg.sample_rate} is not supported; use one of {list(SUPPORTED_RATES)}",
+                param="session.sample_rate",
+            )
+        if cfg.format != "pcm16":
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_FORMAT,
+                f"format {cfg.format!r} is not supported; use 'pcm16'",
+                param="session.format",
+            )
+        self._check_language(cfg.language)
+        if len(cfg.sources) > self.settings.max_sources:
+            raise ProtocolError(
+                ErrorCode.INVALID_EVENT, f"at most {self.settings.max_sources} sources", param="session.sources"
+            )
+        session = Session(
+            engine=self.engine,
+            settings=self.settings,
+            sources=cfg.sources,
+            sample_rate=cfg.sample_rate,
+            turn_detection=cfg.turn_detection is not None,
+            language=cfg.language,
+            outbox=self.outbox,
+        )
+        self.session = session
+        session.start()
+        caps = self.engine.capabilities
+        await self.outbox.put(
+            _with_id(
+                {
+                    "type": "session.created",
+                    "session": {
+                        "id": session.id,
+                        "sources": session.source_names,
+                        "sample_rate": session.sample_rate,
+                        "format": "pcm16",
+                        "language": cfg.language,
+                        "turn_detection": None if cfg.turn_detection is None else {"type": "server_vad"},
+                        "model": caps.model,
+                        "engine": caps.name,
+                        "resume_token": session.resume_token,
+                        "limits": {
+                            "max_message_bytes": self.settings.max_message_bytes,
+                            "source_queue_ms": self.settings.source_queue_ms,
+                            "max_utterance_ms": self.settings.recognizer.max_utterance_ms,
+                            "max_sources": self.settings.max_sources,
+                        },
+                    },
+                },
+                event.event_id,
+            )
+        )
+        log.info("session %s created: sources=%s rate=%d", session.id, session.source_names, session.sample_rate)
+
+    def _check_language(self, language: str) -> None:
+        if language not in self.engine.capabilities.languages:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_LANGUAGE,
+                f"language {language!r} is not supported by this model; use one of "
+                f"{list(self.engine.capabilities.languages)}",
+                param="session.language",
+            )
+
+    async def _update(self, event: ce.SessionUpdate) -> None:
+        try:
+            update = ce.SessionUpdateConfig.model_validate(event.session)
+        except ce.ValidationError as exc:
+            err = exc.errors()[0]
+            param = "session." + ".".join(str(p) for p in err["loc"])
+            raise ProtocolError(ErrorCode.INVALID_UPDATE, f"{param}: {err['msg']}", param=param) from None
+        if update.language is not None:
+            self._check_language(update.language)
+        session = self._require_session()
+        await self.outbox.put(
+            _with_id(
+                {
+                    "type": "session.updated",
+                    "session": {"id": session.id, "language": update.language or "en"},
+                },
+                event.event_id,
+            )
+        )
+
+    async def _close(self, event_id: str | None) -> None:
+        session = self._require_session()
+        await session.finish()
+        summary = {
+            "type": "session.summary",
+            "session_id": session.id,
+            "transcript": [
+                {
+                    "item_id": t.item_id,
+                    "source": t.source,
+                    "text": t.text,
+                    "start_ms": t.start_ms,
+                    "end_ms": t.end_ms,
+                    "speaker": t.speaker,
+                }
+                for t in sorted(session.transcript, key=lambda t: (t.start_ms, t.source))
+            ],
+            "stats": {"sources": session.stats()},
+        }
+        await self.outbox.put(_with_id(summary, event_id))
+        await self._drain()
+        await self.ws.close(CloseCode.NORMAL)
+        log.info("session %s closed normally", session.id)
+
+    async def _drain(self) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.outbox.put(Barrier(done))
+        assert self._sender is not None
+        await asyncio.wait([done, self._sender], return_when=asyncio.FIRST_COMPLETED)
+
+    # -- sending ---------------------------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, Barrier):
+                if not item.done.done():
+                    item.done.set_result(None)
+                continue
+            wire = to_wire(item) if isinstance(item, SourceEvent) else item
+            try:
+                await self.ws.send_text(json.dumps(wire, separators=(",", ":"), ensure_ascii=False))
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return
+            if wire.get("fatal"):
+                await self.ws.close(CloseCode.SERVER_ERROR)
+                return
+
+
+def _with_id(event: dict[str, Any], event_id: str | None) -> dict[str, Any]:
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+async def live_endpoint(ws: WebSocket) -> None:
+    state = ws.app.state
+    settings: Settings = state.settings
+    offered = list(ws.scope.get("subprotocols") or [])
+    chosen = PROTOCOL_NAME if PROTOCOL_NAME in offered else None
+    if not authorized(settings.token, ws.headers, offered):
+        await ws.accept(subprotocol=chosen)
+        await ws.close(CloseCode.POLICY, reason="unauthorized")
+        return
+    await ws.accept(subprotocol=chosen)
+    await LiveConnection(ws, state.engine, settings).run()

@@ -1,0 +1,72 @@
+"""Start the server: load and warm the engine, then serve; log one line when ready."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import uvicorn
+
+from echopanel.config import Settings
+from echopanel.engines.base import SpeechEngine
+from echopanel.engines.whisper import WhisperEngine
+from echopanel.server.app import create_app
+
+log = logging.getLogger("echopanel")
+
+
+def build_engine(settings: Settings) -> SpeechEngine:
+    return WhisperEngine(
+        model_dir=settings.model_dir,
+        workers=settings.inference_workers,
+        cpu_threads=settings.cpu_threads_per_worker,
+        recognizer=settings.recognizer,
+    )
+
+
+def uvicorn_config(app: object, settings: Settings, sock: socket.socket | None = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        ws="websockets",
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        ws_per_message_deflate=False,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    started = time.monotonic()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = await asyncio.to_thread(build_engine, settings)
+    await asyncio.to_thread(engine.warmup)
+    app = create_app(engine, settings)
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            raise SystemExit("server failed to start")
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    log.info(
+        "EchoPanel ready: ws://%s:%d/v1/live engine=%s model=%s workers=%d auth=%s startup=%.1fs",
+        settings.host,
+        port,
+        engine.capabilities.name,
+        engine.capabilities.model,
+        settings.inference_workers,
+        "token" if settings.token else "off",
+        time.monotonic() - started,
+    )
+    try:
+        await task
+    finally:
+        engine.close()

@@ -48,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     settings = Settings.from_env(host=args.host, port=args.port, token=args.token, data_dir=args.data_dir)
     from echopanel.server.run import serve
 

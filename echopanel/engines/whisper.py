@@ -100,9 +100,7 @@ class WhisperDecoder:
         if final:
             for s in kept:
                 for w in s.words or ():
-                    words.append(
-                        Word(w.word, round(w.start * 1000), round(w.end * 1000), round(w.probability, 3))
-                    )
+                    words.append(Word(w.word, round(w.start * 1000), round(w.end * 1000), round(w.probability, 3)))
         return Decoded(text, tuple(words))
 
 

@@ -50,4 +50,4 @@ class LocalAgreement:
         self.stable.extend(new)
         self._previous = hypothesis[n:]
         self.tentative = hypothesis[n:]
-        return self.stable_text[len(before):]
+        return self.stable_text[len(before) :]

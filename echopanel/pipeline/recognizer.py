@@ -342,7 +342,7 @@ def _after_prefix(text: str, prefix: str, prefix_words: int) -> list[str]:
     """The decoder's words after the forced prefix."""
     stripped = text.lstrip()
     if prefix and stripped.startswith(prefix):
-        return split_words(stripped[len(prefix):])
+        return split_words(stripped[len(prefix) :])
     return split_words(text)[prefix_words:]
 
 

@@ -37,9 +37,7 @@ class CloseCode(IntEnum):
 class ProtocolError(Exception):
     """A client event that cannot be applied. The session stays open."""
 
-    def __init__(
-        self, code: ErrorCode, message: str, *, param: str | None = None, event_id: str | None = None
-    ) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None, event_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

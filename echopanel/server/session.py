@@ -224,5 +224,3 @@ class Session:
                         TranscriptItem(item_id(state.name, ev.item), state.name, ev.text, ev.start_ms, ev.end_ms, None)
                     )
             await self.outbox.put(SourceEvent(state.name, ev))
-
-

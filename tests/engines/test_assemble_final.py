@@ -1,0 +1,48 @@
+from echopanel.events import Word
+from echopanel.pipeline.recognizer import Decoded, assemble_final
+
+
+def words(*spec: tuple[str, int, int]) -> tuple[Word, ...]:
+    return tuple(Word(t, s, e, 0.9) for t, s, e in spec)
+
+
+def test_final_starts_with_the_stable_prefix() -> None:
+    d = Decoded(
+        " He was not an old",
+        words((" He", 0, 100), (" was", 100, 200), (" not", 200, 300), (" an", 300, 400), (" old", 400, 500)),
+    )
+    text, kept = assemble_final(d, "He was", 2, voiced_end_ms=600)
+    assert text == "He was not an old" and len(kept) == 5
+
+
+def test_decoder_that_ignores_the_prefix_cannot_change_sent_text() -> None:
+    d = Decoded(" We was not", words((" We", 0, 100), (" was", 100, 200), (" not", 200, 300)))
+    text, _ = assemble_final(d, "He was", 2, voiced_end_ms=600)
+    assert text.startswith("He was") and text == "He was not"
+
+
+def test_trailing_inventions_after_the_voice_are_dropped() -> None:
+    d = Decoded(
+        " amiable himself. Thank you so much.",
+        words(
+            (" amiable", 0, 500),
+            (" himself.", 500, 900),
+            (" Thank", 1300, 1400),
+            (" you", 1400, 1400),
+            (" .", 1400, 1400),
+        ),
+    )
+    text, kept = assemble_final(d, "", 0, voiced_end_ms=950)
+    assert text == "amiable himself." and [w.text for w in kept] == [" amiable", " himself."]
+    squeezed = Decoded(" himself. Thank you", words((" himself.", 0, 900), (" Thank", 905, 905), (" you", 905, 905)))
+    assert assemble_final(squeezed, "", 0, voiced_end_ms=950)[0] == "himself."
+
+
+def test_dropping_never_removes_stable_text() -> None:
+    d = Decoded(" Hello there", words((" Hello", 0, 300), (" there", 2000, 2000)))
+    text, _ = assemble_final(d, "Hello there", 2, voiced_end_ms=400)
+    assert text == "Hello there"
+
+
+def test_empty_decode_without_prefix_is_empty() -> None:
+    assert assemble_final(Decoded("", ()), "", 0, voiced_end_ms=0)[0] == ""

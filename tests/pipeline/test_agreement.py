@@ -1,0 +1,42 @@
+from echopanel.pipeline.agreement import LocalAgreement, split_words
+
+
+def test_words_agreed_by_two_decodes_become_stable_and_last_word_is_held_back() -> None:
+    la = LocalAgreement()
+    assert la.update(split_words(" Mr. John")) == ""
+    assert la.tentative_text == "Mr. John"
+    assert la.update(split_words(" Mr. John Dashwood")) == "Mr. John"
+    assert la.tentative_text == " Dashwood"
+    # Same words again: the newest hypothesis' last word is never committed.
+    assert la.update(split_words(" Dashwood had")) == " Dashwood"
+    assert la.stable_text == "Mr. John Dashwood"
+
+
+def test_comparison_ignores_case_and_punctuation_but_commits_newest_form() -> None:
+    la = LocalAgreement()
+    la.update(split_words(" he was not."))
+    delta = la.update(split_words(" He was not an"))
+    assert delta == "He was not"
+
+
+def test_disagreement_commits_nothing() -> None:
+    la = LocalAgreement()
+    la.update(split_words(" I'll less to be"))
+    assert la.update(split_words(" Unless to be rather")) == ""
+    assert la.stable == []
+
+
+def test_deltas_concatenate_to_stable_text() -> None:
+    la = LocalAgreement()
+    hyps = [" a", " a b", " a b c", " a b c d", " x"]
+    deltas = []
+    for h in hyps:
+        rest = split_words(h)[len(la.stable) :]
+        deltas.append(la.update(rest))
+    assert "".join(deltas) == la.stable_text == "a b c"
+
+
+def test_punctuation_only_tokens_are_ignored() -> None:
+    la = LocalAgreement()
+    la.update(split_words(" hello ."))
+    assert la.update(split_words(" hello . world")) == "hello"

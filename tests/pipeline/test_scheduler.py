@@ -1,0 +1,70 @@
+import asyncio
+import threading
+
+from echopanel.pipeline.scheduler import InferenceScheduler, JobKind
+
+
+async def test_finals_before_partials_then_priority_then_age() -> None:
+    sched = InferenceScheduler(workers=1)
+    gate = threading.Event()
+    order: list[str] = []
+    sched.start()
+    try:
+        blocker = sched.submit(gate.wait, kind=JobKind.FINAL)
+        await asyncio.sleep(0.05)  # the single worker is now busy
+        jobs = [
+            sched.submit(lambda: order.append("partial-system"), kind=JobKind.PARTIAL, priority=1),
+            sched.submit(lambda: order.append("partial-mic"), kind=JobKind.PARTIAL, priority=0),
+            sched.submit(lambda: order.append("final-system-old"), kind=JobKind.FINAL, priority=1),
+            sched.submit(lambda: order.append("final-mic"), kind=JobKind.FINAL, priority=0),
+            sched.submit(lambda: order.append("final-system-new"), kind=JobKind.FINAL, priority=1),
+        ]
+        gate.set()
+        await asyncio.gather(blocker, *jobs)
+    finally:
+        sched.stop()
+    assert order == ["final-mic", "final-system-old", "final-system-new", "partial-mic", "partial-system"]
+
+
+async def test_cancelled_job_is_skipped_and_errors_reach_the_caller() -> None:
+    sched = InferenceScheduler(workers=1)
+    gate = threading.Event()
+    ran: list[str] = []
+    sched.start()
+    try:
+        blocker = sched.submit(gate.wait, kind=JobKind.FINAL)
+        await asyncio.sleep(0.05)
+        stale = sched.submit(lambda: ran.append("stale"), kind=JobKind.PARTIAL)
+        stale.cancel()
+
+        def boom() -> None:
+            raise ValueError("engine fault")
+
+        failing = sched.submit(boom, kind=JobKind.FINAL)
+        gate.set()
+        await blocker
+        try:
+            await failing
+        except ValueError as exc:
+            assert str(exc) == "engine fault"
+        else:
+            raise AssertionError("expected the job's exception")
+    finally:
+        sched.stop()
+    assert ran == []
+
+
+async def test_jobs_run_off_the_event_loop_in_parallel() -> None:
+    sched = InferenceScheduler(workers=2)
+    barrier = threading.Barrier(2, timeout=5)
+    sched.start()
+    try:
+        loop_thread = threading.get_ident()
+        ids = await asyncio.gather(
+            sched.submit(lambda: (barrier.wait(), threading.get_ident())[1], kind=JobKind.PARTIAL),
+            sched.submit(lambda: (barrier.wait(), threading.get_ident())[1], kind=JobKind.PARTIAL),
+        )
+    finally:
+        sched.stop()
+    workers = {r.value for r in ids}
+    assert len(workers) == 2 and loop_thread not in workers

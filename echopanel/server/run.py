@@ -31,7 +31,7 @@ def uvicorn_config(app: object, settings: Settings, sock: socket.socket | None =
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
-        ws="websockets",
+        ws="websockets-sansio",
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,

@@ -58,6 +58,7 @@ class SourceState:
     queue: deque[np.ndarray | _Marker] = field(default_factory=deque)
     queued_ms: float = 0.0
     received_ms: float = 0.0
+    max_queued_ms: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     space: asyncio.Event = field(default_factory=asyncio.Event)
     finals: int = 0
@@ -127,6 +128,7 @@ class Session:
             await state.space.wait()
         state.queue.append(audio)
         state.queued_ms += ms
+        state.max_queued_ms = max(state.max_queued_ms, state.queued_ms)
         state.received_ms += ms
         state.changed.set()
 
@@ -160,6 +162,7 @@ class Session:
             name: {
                 "received_ms": round(s.received_ms),
                 "queued_ms": round(s.queued_ms),
+                "max_queued_ms": round(s.max_queued_ms),
                 "processed_ms": round(s.stream.audio_ms),
                 "finals": s.finals,
             }

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from support import LIBRIVOX, librivox_refs, wer
 
 from echopanel.audio.wav import read_audio
 from echopanel.engines.base import StreamOptions
 from echopanel.engines.whisper import WhisperEngine
 from echopanel.events import SpeechStarted, SpeechStopped, TextDelta, TextFinal
+
+from support import LIBRIVOX, librivox_refs, wer
 
 
 @pytest.fixture(scope="module")

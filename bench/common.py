@@ -1,0 +1,241 @@
+"""Shared bench helpers: fixture audio and references, WER normalization, a real server subprocess, statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "audio"
+LIBRIVOX = FIXTURES / "librivox"
+CARDS = FIXTURES / "cards"
+PHONE = FIXTURES / "phone"
+SAMPLE_RATE = 16000
+
+READY = re.compile(r"EchoPanel ready: (ws://[\d.]+:\d+/v1/live)")
+_TRANSCRIPTION_LINE = re.compile(r"<s>(.*)</s>\s*\((.*)\)")
+
+
+# -- fixtures --------------------------------------------------------------------------------------------------------
+
+
+def read_transcription(path: Path) -> dict[str, str]:
+    """``<s> words </s> (fileid)`` lines as {fileid: words}."""
+    refs: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        m = _TRANSCRIPTION_LINE.match(line.strip())
+        if m:
+            refs[m.group(2).strip()] = " ".join(m.group(1).split())
+    return refs
+
+
+def librivox_files() -> list[tuple[Path, str]]:
+    """The five LibriVox sentences in file order, each with its reference text."""
+    refs = read_transcription(LIBRIVOX / "transcription")
+    return [(p, refs[p.stem]) for p in sorted(LIBRIVOX.glob("*.wav"))]
+
+
+def cards_files() -> list[tuple[Path, str]]:
+    refs = read_transcription(CARDS / "cards.transcription")
+    return [(p, refs[p.stem]) for p in sorted(CARDS.glob("*.wav"))]
+
+
+def phone_reference() -> str:
+    words = []
+    for line in (PHONE / "sample.stm").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6:
+            words.append(parts[5])
+    return " ".join(words)
+
+
+# -- text ------------------------------------------------------------------------------------------------------------
+
+
+def normalize(text: str) -> str:
+    """Lowercase; mr./mrs. spelled out; hyphens to spaces; punctuation except apostrophes removed; spaces collapsed."""
+    t = text.lower()
+    t = re.sub(r"\bmr\.", "mister", t)
+    t = re.sub(r"\bmrs\.", "missus", t)
+    t = t.replace("-", " ")
+    t = re.sub(r"[^\w' ]+", " ", t)
+    t = t.replace("_", " ")
+    return re.sub(r"\s+", " ", t).strip()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    ref = normalize(reference)
+    hyp = normalize(hypothesis)
+    if not hyp:
+        return 1.0 if ref else 0.0
+    return float(jiwer.wer(ref, hyp))
+
+
+# -- statistics ------------------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def fmt(value: float | None, spec: str = ".3f", unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:{spec}}{unit}"
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    def default(o: object) -> object:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        return str(o)
+
+    Path(path).write_text(json.dumps(_finite(data), indent=2, default=default) + "\n")
+    print(f"wrote {path}")
+
+
+def _finite(o: Any) -> Any:
+    """NaN/inf become null so the file is strict JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    return o
+
+
+# -- server ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    """A running ``echopanel serve`` subprocess; ``log`` keeps its last stderr lines."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and its children so far."""
+        return process_tree_cpu(self.proc.pid)
+
+    def rss_bytes(self) -> int:
+        return process_tree_rss(self.proc.pid)
+
+
+def process_tree_cpu(pid: int) -> float:
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def process_tree_rss(pid: int) -> int:
+    total = 0
+    for p in _tree(pid):
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+@contextmanager
+def start_server(
+    *, env: dict[str, str] | None = None, ready_timeout_s: float = 180.0, quiet: bool = True
+) -> Iterator[ServerProcess]:
+    """Start ``python -m echopanel serve --port 0`` in a temporary data dir; yield once it logged its ready line.
+
+    Stderr is drained on a thread (lines with WARNING/ERROR/Traceback are kept in ``warnings``, and echoed unless
+    ``quiet``). The server gets SIGTERM on exit, then SIGKILL if it has not stopped after 15 s.
+    """
+    data_dir = tempfile.mkdtemp(prefix="echopanel-bench-")
+    full_env = {**os.environ, "ECHOPANEL_LOG_LEVEL": "info", **(env or {})}
+    cmd = [sys.executable, "-m", "echopanel", "serve", "--port", "0", "--data-dir", data_dir]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = ServerProcess(proc, "")
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.rstrip()
+            server.log.append(line)
+            if not server.url:
+                m = READY.search(line)
+                if m:
+                    server.url = m.group(1)
+                    ready.set()
+            if any(word in line for word in ("WARNING", "ERROR", "CRITICAL", "Traceback", "Exception")):
+                server.warnings.append(line)
+                if not quiet:
+                    print(f"[server] {line}", file=sys.stderr)
+        ready.set()
+
+    pump_thread = threading.Thread(target=pump, name="server-stderr", daemon=True)
+    pump_thread.start()
+    started = time.monotonic()
+    try:
+        if not ready.wait(ready_timeout_s) or not server.url:
+            raise RuntimeError("server did not become ready:\n" + "\n".join(list(server.log)[-40:]))
+        print(f"server pid {proc.pid} ready at {server.url} after {time.monotonic() - started:.1f}s", file=sys.stderr)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        pump_thread.join(timeout=5)

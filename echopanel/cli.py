@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port, 0 for any free one (ECHOPANEL_PORT, default 8765)")
     serve.add_argument("--token", help="require this bearer token (ECHOPANEL_TOKEN; default: no auth)")
     serve.add_argument("--data-dir", help="where sessions and recordings live (ECHOPANEL_DATA_DIR)")
+    serve.add_argument("--max-sessions", type=int, help="concurrent session limit (ECHOPANEL_MAX_SESSIONS, default 16)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
 
     tr = sub.add_parser("transcribe", help="stream WAV files to a server and print the transcript")
@@ -49,7 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-    settings = Settings.from_env(host=args.host, port=args.port, token=args.token, data_dir=args.data_dir)
+    settings = Settings.from_env(
+        host=args.host, port=args.port, token=args.token, data_dir=args.data_dir, max_sessions=args.max_sessions
+    )
     from echopanel.server.run import serve
 
     try:

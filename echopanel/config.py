@@ -43,6 +43,7 @@ class Settings:
     source_queue_ms: int = 2_000  # audio per source waiting for the recognizer; the socket pushes back at it
     send_queue_events: int = 1024  # server events waiting for a slow client
     max_sources: int = 4
+    max_sessions: int = 16  # past it: HTTP 503 + Retry-After (native) or close 1013 (OpenAI dialect)
     recognizer: RecognizerSettings = field(default_factory=RecognizerSettings)
 
     @classmethod

@@ -27,6 +27,7 @@ class SpeechStarted:
 class SpeechStopped:
     item: int
     audio_end_ms: int
+    reason: str = "silence"  # silence | pause | max_length | commit | flush
 
 
 @dataclass(slots=True, frozen=True)

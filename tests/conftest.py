@@ -24,3 +24,10 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 @pytest.fixture()
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server that admits one session at a time (limits tested at N and N+1)."""
+    with run_server(tmp_path_factory.mktemp("small"), args=["--max-sessions", "1"]) as srv:
+        yield srv

@@ -34,6 +34,17 @@ class StreamOptions:
     first_item: int = 1  # item numbering continues from here (resume)
     turn_detection: bool = True  # False: utterances end only on commit (or the hard length cap)
     language: str = "en"
+    prompt: str = ""  # text the client gives to guide the decoder (names, terms)
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """Voice-activity turn detection, adjustable mid-stream. None leaves a value unchanged."""
+
+    enabled: bool | None = None
+    threshold: float | None = None
+    prefix_padding_ms: int | None = None
+    silence_duration_ms: int | None = None
 
 
 class SpeechStream(ABC):
@@ -50,6 +61,17 @@ class SpeechStream(ABC):
     @abstractmethod
     async def request(self, response_id: str | None) -> None:
         """Decode what is buffered now; results carry ``response_id``, then ``RequestCompleted``."""
+
+    @abstractmethod
+    async def configure(self, turns: TurnSettings) -> None:
+        """Change turn detection from the next audio on."""
+
+    def set_prompt(self, prompt: str) -> None:  # noqa: B027 - optional capability
+        """Text that guides the decoder from the next decode on (names, terms)."""
+
+    @abstractmethod
+    async def clear(self) -> None:
+        """Drop the open utterance without transcribing it."""
 
     @abstractmethod
     async def flush(self) -> None:

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import SpeechStream, StreamOptions
+from echopanel.engines.base import SpeechStream, StreamOptions, TurnSettings
 from echopanel.events import (
     Committed,
     EngineEvent,
@@ -110,6 +110,7 @@ class VadStreamingRecognizer(SpeechStream):
         self._closed: deque[_Item] = deque()
         self._requests: deque[str | None] = deque()
         self._context = ""
+        self._prompt = options.prompt
         self._events: asyncio.Queue[object] = asyncio.Queue(settings.event_queue_size)
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -159,6 +160,28 @@ class VadStreamingRecognizer(SpeechStream):
         if self._open is not None:
             self._open.response_ids.append(response_id)
         self._wake.set()
+
+    async def configure(self, turns: TurnSettings) -> None:
+        async with self._lock:
+            self._segmenter.configure(
+                turn_detection=turns.enabled,
+                threshold=turns.threshold,
+                pre_roll_ms=turns.prefix_padding_ms,
+                hangover_ms=turns.silence_duration_ms,
+                sample_rate=self._rate,
+            )
+
+    def set_prompt(self, prompt: str) -> None:
+        self._prompt = prompt
+
+    async def clear(self) -> None:
+        async with self._lock:
+            self._segmenter.discard()
+            self._carry = np.zeros(0, np.float32)
+            if self._open is not None:
+                if self._partial_job is not None and not self._partial_job.done():
+                    self._partial_job.cancel()
+                self._open = None
 
     async def flush(self) -> None:
         self._ensure_task()
@@ -214,7 +237,7 @@ class VadStreamingRecognizer(SpeechStream):
         if self._partial_job is not None and not self._partial_job.done():
             self._partial_job.cancel()  # not started yet: the final supersedes it
         assert utt.end is not None
-        await self._emit(SpeechStopped(utt.item, utt.end // self._ms))
+        await self._emit(SpeechStopped(utt.item, utt.end // self._ms, utt.reason))
         self._closed.append(item)
         self._wake.set()
 
@@ -257,7 +280,7 @@ class VadStreamingRecognizer(SpeechStream):
         audio = utt.audio()
         item.decoded_samples = len(audio)
         prefix = item.agreement.stable_text
-        context = self._context
+        context = self._decoder_context()
         response_ids, item.response_ids = item.response_ids, []
         decoder = self._decoder
         job = self._scheduler.submit(
@@ -278,6 +301,8 @@ class VadStreamingRecognizer(SpeechStream):
             item.response_ids = response_ids + item.response_ids
             return
         self._account(item, result.compute_s, len(audio))
+        if item is not self._open and not any(x is item for x in self._closed):
+            return  # the utterance was cleared while it was being decoded
         hyp = _after_prefix(result.value.text, prefix, len(item.agreement.stable))
         delta = item.agreement.update(hyp)
         tentative = item.agreement.tentative_text
@@ -293,7 +318,7 @@ class VadStreamingRecognizer(SpeechStream):
         utt = item.utt
         audio = utt.audio()
         prefix = item.agreement.stable_text
-        context = self._context
+        context = self._decoder_context()
         decoder = self._decoder
         rid = item.response_ids[-1] if item.response_ids else None
         job = self._scheduler.submit(
@@ -331,6 +356,9 @@ class VadStreamingRecognizer(SpeechStream):
         )
         if text and self._s.context_chars > 0:
             self._context = (self._context + " " + text)[-self._s.context_chars :].lstrip()
+
+    def _decoder_context(self) -> str:
+        return f"{self._prompt} {self._context}".strip()
 
     def _account(self, item: _Item, compute_s: float, samples: int) -> None:
         item.compute_s += compute_s

@@ -122,6 +122,35 @@ class UtteranceSegmenter:
             events.append(self._close("pause"))
         return events
 
+    def configure(
+        self,
+        *,
+        turn_detection: bool | None = None,
+        threshold: float | None = None,
+        pre_roll_ms: int | None = None,
+        hangover_ms: int | None = None,
+        sample_rate: int = 16000,
+    ) -> None:
+        ms = sample_rate // 1000
+        if turn_detection is not None:
+            self.turn_detection = turn_detection
+        if threshold is not None:
+            self.threshold = threshold
+            self.off_threshold = max(0.0, threshold - 0.15)
+        if pre_roll_ms is not None:
+            self.pre_roll_windows = max(0, pre_roll_ms * ms // self.window)
+            self._ring = deque(self._ring, maxlen=self.pre_roll_windows + self.start_windows)
+        if hangover_ms is not None:
+            self.hangover_windows = max(1, hangover_ms * ms // self.window)
+
+    def discard(self) -> Utterance | None:
+        """Drop the open utterance (the client cleared its buffer)."""
+        utt, self.current = self.current, None
+        self._ring.clear()
+        self._run = 0
+        self._silence = 0
+        return utt
+
     def force_close(self, reason: str = "commit") -> Utterance | None:
         if self.current is None:
             return None

@@ -10,7 +10,9 @@ from starlette.routing import Route, WebSocketRoute
 from echopanel import __version__
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
+from echopanel.server.admission import Admission
 from echopanel.server.live import live_endpoint
+from echopanel.server.realtime import realtime_endpoint
 
 _INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>EchoPanel</title></head>
 <body><main><h1>EchoPanel</h1><p>Real-time transcription server, version {version}.</p>
@@ -19,6 +21,8 @@ _INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Ec
 
 
 def create_app(engine: SpeechEngine, settings: Settings) -> Starlette:
+    admission = Admission(settings.max_sessions)
+
     async def index(request: Request) -> Response:
         return HTMLResponse(_INDEX.format(version=__version__))
 
@@ -27,7 +31,14 @@ def create_app(engine: SpeechEngine, settings: Settings) -> Starlette:
 
     async def ready(request: Request) -> Response:
         caps = engine.capabilities
-        return JSONResponse({"status": "ready", "engine": caps.name, "model": caps.model})
+        body = {
+            "status": "ready" if admission.capacity_left > 0 else "full",
+            "engine": caps.name,
+            "model": caps.model,
+            "sessions": admission.active,
+            "max_sessions": admission.max_sessions,
+        }
+        return JSONResponse(body, status_code=200 if admission.capacity_left > 0 else 503)
 
     app = Starlette(
         routes=[
@@ -35,8 +46,11 @@ def create_app(engine: SpeechEngine, settings: Settings) -> Starlette:
             Route("/health", health),
             Route("/ready", ready),
             WebSocketRoute("/v1/live", live_endpoint),
+            WebSocketRoute("/ws/live-listener", live_endpoint),  # the original EchoPanel's path
+            WebSocketRoute("/v1/realtime", realtime_endpoint),
         ]
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.admission = admission
     return app

@@ -2,78 +2,39 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import json
 import logging
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
 
 from echopanel.audio.convert import SUPPORTED_RATES
 from echopanel.config import Settings
-from echopanel.engines.base import SpeechEngine
 from echopanel.events import SourceEvent
 from echopanel.protocol import client_events as ce
 from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from echopanel.protocol.frames import decode_frame
 from echopanel.protocol.native import error_event, to_wire
+from echopanel.server.admission import Admission
 from echopanel.server.auth import PROTOCOL_NAME, authorized
-from echopanel.server.session import Barrier, OutboxItem, Session
+from echopanel.server.connection import DialectConnection
+from echopanel.server.session import OutboxItem, Session
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 
+class LiveConnection(DialectConnection):
+    """The native dialect."""
 
-class LiveConnection:
-    def __init__(self, ws: WebSocket, engine: SpeechEngine, settings: Settings) -> None:
-        self.ws = ws
-        self.engine = engine
-        self.settings = settings
-        self.outbox: asyncio.Queue[OutboxItem] = asyncio.Queue(settings.send_queue_events)
-        self.session: Session | None = None
-        self._sender: asyncio.Task[None] | None = None
-        self.close_code: int = CloseCode.NORMAL
+    def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
+        return [to_wire(item) if isinstance(item, SourceEvent) else item]
 
-    async def run(self) -> None:
-        self._sender = asyncio.create_task(self._send_loop(), name="live-sender")
-        try:
-            await self._read_loop()
-        finally:
-            if self.session is not None:
-                await self.session.aclose()
-            if not self._sender.done():
-                self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
+    def error(self, err: ProtocolError) -> dict[str, Any]:
+        return error_event(err.code, err.message, event_id=err.event_id, param=err.param)
 
-    # -- reading ---------------------------------------------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        while True:
-            try:
-                msg = await self.ws.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            if msg["type"] == "websocket.disconnect":
-                code = msg.get("code")
-                if code == CloseCode.TOO_LARGE:
-                    log.info("connection closed: message larger than %d bytes", self.settings.max_message_bytes)
-                return
-            try:
-                if msg.get("text") is not None:
-                    if await self._on_text(msg["text"]):
-                        return
-                elif msg.get("bytes") is not None:
-                    await self._on_binary(msg["bytes"])
-            except ProtocolError as err:
-                await self._send_error(err)
-
-    async def _send_error(self, err: ProtocolError) -> None:
-        await self.outbox.put(error_event(err.code, err.message, event_id=err.event_id, param=err.param))
-
-    async def _on_text(self, text: str) -> bool:
+    async def on_text(self, text: str) -> bool:
         event, event_id = ce.parse_client_event(text)
         try:
             return await self._dispatch(event)
@@ -110,7 +71,7 @@ class LiveConnection:
             return True
         return False
 
-    async def _on_binary(self, frame: bytes) -> None:
+    async def on_binary(self, frame: bytes) -> None:
         session = self._require_session()
         index, pcm = decode_frame(frame, len(session.sources))
         await self._append(session.source_names[index], pcm)
@@ -259,33 +220,9 @@ class LiveConnection:
             "stats": {"sources": session.stats()},
         }
         await self.outbox.put(_with_id(summary, event_id))
-        await self._drain()
+        await self.drain()
         await self.ws.close(CloseCode.NORMAL)
         log.info("session %s closed normally", session.id)
-
-    async def _drain(self) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.outbox.put(Barrier(done))
-        assert self._sender is not None
-        await asyncio.wait([done, self._sender], return_when=asyncio.FIRST_COMPLETED)
-
-    # -- sending ---------------------------------------------------------------------------------------------------
-
-    async def _send_loop(self) -> None:
-        while True:
-            item = await self.outbox.get()
-            if isinstance(item, Barrier):
-                if not item.done.done():
-                    item.done.set_result(None)
-                continue
-            wire = to_wire(item) if isinstance(item, SourceEvent) else item
-            try:
-                await self.ws.send_text(json.dumps(wire, separators=(",", ":"), ensure_ascii=False))
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                return
-            if wire.get("fatal"):
-                await self.ws.close(CloseCode.SERVER_ERROR)
-                return
 
 
 def _with_id(event: dict[str, Any], event_id: str | None) -> dict[str, Any]:
@@ -297,11 +234,31 @@ def _with_id(event: dict[str, Any], event_id: str | None) -> dict[str, Any]:
 async def live_endpoint(ws: WebSocket) -> None:
     state = ws.app.state
     settings: Settings = state.settings
+    admission: Admission = state.admission
     offered = list(ws.scope.get("subprotocols") or [])
     chosen = PROTOCOL_NAME if PROTOCOL_NAME in offered else None
     if not authorized(settings.token, ws.headers, offered):
         await ws.accept(subprotocol=chosen)
         await ws.close(CloseCode.POLICY, reason="unauthorized")
         return
-    await ws.accept(subprotocol=chosen)
-    await LiveConnection(ws, state.engine, settings).run()
+    if not admission.try_admit():
+        log.warning("session refused: server full (%d sessions)", admission.max_sessions)
+        await refuse_full(ws, admission)
+        return
+    try:
+        await ws.accept(subprotocol=chosen)
+        await LiveConnection(ws, state.engine, settings).run()
+    finally:
+        admission.release()
+
+
+async def refuse_full(ws: WebSocket, admission: Admission) -> None:
+    """HTTP 503 with Retry-After before the upgrade; close 1013 where the server cannot send HTTP responses."""
+    body = {"type": "error", "code": "server_full", "message": "the server is at its session limit; retry later"}
+    try:
+        await ws.send_denial_response(
+            JSONResponse(body, status_code=503, headers={"Retry-After": str(admission.retry_after_s)})
+        )
+    except RuntimeError:
+        await ws.accept()
+        await ws.close(CloseCode.TRY_AGAIN_LATER, reason="server full")

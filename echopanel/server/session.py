@@ -23,7 +23,7 @@ import numpy as np
 
 from echopanel.audio.convert import StreamResampler, pcm16_to_float
 from echopanel.config import Settings
-from echopanel.engines.base import SpeechEngine, SpeechStream, StreamOptions
+from echopanel.engines.base import SpeechEngine, SpeechStream, StreamOptions, TurnSettings
 from echopanel.events import RequestCompleted, SourceEvent, TextFinal, item_id
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,10 @@ _FLUSH_ID = "\x00flush"
 
 @dataclass(slots=True, frozen=True)
 class _Marker:
-    kind: str  # "commit" | "request" | "flush"
+    kind: str  # "commit" | "request" | "flush" | "configure" | "clear"
     event_id: str | None = None
     done: asyncio.Future[None] | None = None
+    turns: TurnSettings | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +86,7 @@ class Session:
         sample_rate: int,
         turn_detection: bool = True,
         language: str = "en",
+        prompt: str = "",
         outbox: asyncio.Queue[OutboxItem] | None = None,
     ) -> None:
         self.id = "sess_" + uuid.uuid4().hex[:20]
@@ -100,7 +102,9 @@ class Session:
         self.sources: dict[str, SourceState] = {}
         for index, name in enumerate(sources):
             stream = engine.open_stream(
-                StreamOptions(source=name, priority=index, turn_detection=turn_detection, language=language)
+                StreamOptions(
+                    source=name, priority=index, turn_detection=turn_detection, language=language, prompt=prompt
+                )
             )
             self.sources[name] = SourceState(
                 name, index, stream, StreamResampler(sample_rate, engine_rate), float(settings.source_queue_ms)
@@ -137,6 +141,21 @@ class Session:
 
     async def request(self, source: str, response_id: str | None) -> None:
         self._enqueue(source, _Marker("request", response_id))
+
+    async def configure(self, source: str, turns: TurnSettings) -> None:
+        self._enqueue(source, _Marker("configure", turns=turns))
+
+    async def clear(self, source: str) -> None:
+        """Drop the audio of ``source`` not yet transcribed, and its open utterance."""
+        state = self.sources[source]
+        kept: deque[np.ndarray | _Marker] = deque(e for e in state.queue if isinstance(e, _Marker))
+        state.queue = kept
+        state.queued_ms = 0.0
+        state.space.set()
+        self._enqueue(source, _Marker("clear"))
+
+    def set_prompt(self, source: str, prompt: str) -> None:
+        self.sources[source].stream.set_prompt(prompt)
 
     async def finish(self) -> None:
         """Flush every source: every utterance is finalized and every final is in the outbox."""
@@ -203,6 +222,10 @@ class Session:
             await state.stream.commit(marker.event_id)
         elif marker.kind == "request":
             await state.stream.request(marker.event_id)
+        elif marker.kind == "configure" and marker.turns is not None:
+            await state.stream.configure(marker.turns)
+        elif marker.kind == "clear":
+            await state.stream.clear()
         elif marker.kind == "flush":
             tail = state.resampler.process(np.zeros(0, np.float32), last=True)
             if len(tail):

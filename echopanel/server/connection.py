@@ -1,0 +1,101 @@
+"""What every WebSocket dialect shares: one reader loop, one sender task, one bounded outbox, admission."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from echopanel.config import Settings
+from echopanel.engines.base import SpeechEngine
+from echopanel.protocol.errors import CloseCode, ProtocolError
+from echopanel.server.session import Barrier, OutboxItem, Session
+
+log = logging.getLogger(__name__)
+
+
+class DialectConnection(ABC):
+    """One client connection speaking one dialect over one ``Session``."""
+
+    def __init__(self, ws: WebSocket, engine: SpeechEngine, settings: Settings) -> None:
+        self.ws = ws
+        self.engine = engine
+        self.settings = settings
+        self.outbox: asyncio.Queue[OutboxItem] = asyncio.Queue(settings.send_queue_events)
+        self.session: Session | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        self._sender = asyncio.create_task(self._send_loop(), name="sender")
+        try:
+            await self.on_open()
+            await self._read_loop()
+        finally:
+            if self.session is not None:
+                await self.session.aclose()
+            if not self._sender.done():
+                self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def on_open(self) -> None:  # noqa: B027 - optional hook
+        """Called once the socket is accepted, before the first message is read."""
+
+    @abstractmethod
+    async def on_text(self, text: str) -> bool:
+        """Handle one text message; True when the connection is done."""
+
+    @abstractmethod
+    async def on_binary(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
+        """Wire events for one outbox item (none, one or several in this dialect)."""
+
+    @abstractmethod
+    def error(self, err: ProtocolError) -> dict[str, Any]: ...
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                msg = await self.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if msg["type"] == "websocket.disconnect":
+                if msg.get("code") == CloseCode.TOO_LARGE:
+                    log.info("connection closed: message larger than %d bytes", self.settings.max_message_bytes)
+                return
+            try:
+                if msg.get("text") is not None:
+                    if await self.on_text(msg["text"]):
+                        return
+                elif msg.get("bytes") is not None:
+                    await self.on_binary(msg["bytes"])
+            except ProtocolError as err:
+                await self.outbox.put(self.error(err))
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been sent (or the sender stopped)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.outbox.put(Barrier(done))
+        assert self._sender is not None
+        await asyncio.wait([done, self._sender], return_when=asyncio.FIRST_COMPLETED)
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, Barrier):
+                if not item.done.done():
+                    item.done.set_result(None)
+                continue
+            for wire in self.encode(item):
+                try:
+                    await self.ws.send_text(json.dumps(wire, separators=(",", ":"), ensure_ascii=False))
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    return
+                if wire.get("fatal"):
+                    await self.ws.close(CloseCode.SERVER_ERROR)
+                    return

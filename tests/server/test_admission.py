@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from echopanel.client import LiveClient
+from echopanel.server.admission import Admission
+
+from support import ServerProcess
+
+
+def test_admission_at_n_and_n_plus_one() -> None:
+    adm = Admission(2)
+    assert adm.try_admit() and adm.try_admit()
+    assert not adm.try_admit() and adm.refused == 1
+    adm.release()
+    assert adm.capacity_left == 1 and adm.try_admit()
+    with pytest.raises(ValueError):
+        Admission(0)
+
+
+async def test_session_n_plus_one_gets_503_with_retry_after(small_server: ServerProcess) -> None:
+    async with LiveClient(small_server.url, sources=["mic"]) as first:  # session N (= 1) is admitted
+        assert first.session["id"]
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(small_server.url):
+                pass
+        response = info.value.response
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) > 0
+        async with httpx.AsyncClient(base_url=small_server.http) as http:
+            ready = await http.get("/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "full"
+        # The admitted session is unaffected by the refusal.
+        await first.send_audio("mic", b"\x00\x00" * 1600)
+        pong_id = await first.send({"type": "ping"})
+        assert await first.recv() == {"type": "pong", "event_id": pong_id}
+    async with httpx.AsyncClient(base_url=small_server.http) as http:  # the slot is released when the session ends
+        for _ in range(50):
+            if (await http.get("/ready")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+    async with LiveClient(small_server.url, sources=["mic"]) as again:
+        assert again.session["id"]

@@ -72,6 +72,11 @@ class AudioCommit(_Event):
     source: str | None = None
 
 
+class AudioClear(_Event):
+    type: Literal["input_audio_buffer.clear"]
+    source: str | None = None
+
+
 class ResponseCreate(_Event):
     type: Literal["response.create"]
     source: str | None = None
@@ -92,7 +97,7 @@ class Ping(_Event):
 
 
 ClientEvent = Annotated[
-    SessionCreate | AudioAppend | AudioCommit | ResponseCreate | SessionUpdate | SessionClose | Ping,
+    SessionCreate | AudioAppend | AudioCommit | AudioClear | ResponseCreate | SessionUpdate | SessionClose | Ping,
     Field(discriminator="type"),
 ]
 KNOWN_TYPES = frozenset(
@@ -100,6 +105,7 @@ KNOWN_TYPES = frozenset(
         "session.create",
         "input_audio_buffer.append",
         "input_audio_buffer.commit",
+        "input_audio_buffer.clear",
         "response.create",
         "session.update",
         "session.close",

@@ -61,6 +61,11 @@ class LiveConnection(DialectConnection):
         elif isinstance(event, ce.AudioCommit):
             for source in self._sources(event.source):
                 await session.commit(source, event.event_id)
+        elif isinstance(event, ce.AudioClear):
+            for source in self._sources(event.source):
+                await session.clear(source)
+                cleared = {"type": "input_audio_buffer.cleared", "source": source}
+                await self.outbox.put(_with_id(cleared, event.event_id))
         elif isinstance(event, ce.ResponseCreate):
             for source in self._sources(event.source):
                 await session.request(source, event.event_id)

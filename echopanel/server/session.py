@@ -127,7 +127,8 @@ class Session:
         state = self.sources[source]
         audio = pcm16_to_float(pcm16)
         ms = len(audio) * 1000.0 / self.sample_rate
-        while state.queue and state.queued_ms + ms > state.queue_limit_ms:
+        # Wait while queued *audio* would exceed the bound (one chunk larger than the bound still passes alone).
+        while state.queued_ms > 0 and state.queued_ms + ms > state.queue_limit_ms:
             state.space.clear()
             await state.space.wait()
         state.queue.append(audio)
@@ -206,7 +207,8 @@ class Session:
                 if isinstance(entry, _Marker):
                     await self._apply(state, entry)
                     continue
-                state.queued_ms = max(0.0, state.queued_ms - len(entry) * 1000.0 / self.sample_rate)
+                remaining = state.queued_ms - len(entry) * 1000.0 / self.sample_rate
+                state.queued_ms = remaining if state.queue else 0.0
                 state.space.set()
                 await stream.push(state.resampler.process(entry))
         except asyncio.CancelledError:

@@ -171,3 +171,20 @@ async def test_many_sessions_at_once(server: ServerProcess) -> None:
 
     texts = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(6))), 60)
     assert all(wer(librivox_refs()[name], t) <= 0.25 for t in texts), texts
+
+
+async def test_clear_drops_untranscribed_audio(server: ServerProcess) -> None:
+    dropped = read_pcm16(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav")[: 16000 * 2 * 2]  # 2 s
+    kept_name = "sense_and_sensibility_01_austen_64kb-0930"
+    kept = read_pcm16(LIBRIVOX / f"{kept_name}.wav") + GAP
+    async with LiveClient(server.url, sources=["mic"]) as client:
+        await client.send_audio("mic", dropped)
+        clear_id = await client.send({"type": "input_audio_buffer.clear", "source": "mic"})
+        await client.send_audio("mic", kept)
+        await client.close_session()
+        events = [ev async for ev in client.events()]
+    cleared = [e for e in events if e["type"] == "input_audio_buffer.cleared"]
+    assert cleared and cleared[0]["event_id"] == clear_id
+    finals = " ".join(e["text"] for e in events if e["type"] == "response.done")
+    assert "dashwood" not in finals.lower()
+    assert wer(librivox_refs()[kept_name], finals) <= 0.15, finals

@@ -111,7 +111,9 @@ async def _transcribe_async(args: argparse.Namespace) -> int:
         live.update(status, refresh=True)
 
     try:
-        async with LiveClient(args.url, token=args.token, sources=sources) as client:
+        # A file sent faster than real time should wait for the server, not be shed.
+        overflow = {"overflow": "block"} if args.fast else None
+        async with LiveClient(args.url, token=args.token, sources=sources, session=overflow) as client:
             if live is not None:
                 live.start()
             try:

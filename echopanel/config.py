@@ -40,7 +40,10 @@ class Settings:
     inference_workers: int = 2  # decodes run in parallel on one shared model
     cpu_threads_per_worker: int = 1
     max_message_bytes: int = 1 << 20  # larger WebSocket messages close the connection with 1009
-    source_queue_ms: int = 2_000  # audio per source waiting for the recognizer; the socket pushes back at it
+    mic_queue_ms: int = 4_000  # audio waiting for the recognizer, first (highest-priority) source
+    system_queue_ms: int = 2_000  # the same for every other source: they shed first
+    overflow: str = "shed"  # at a queue bound: "shed" oldest audio (recorded, repaired later) or "block" the socket
+    send_timeout_s: float = 10.0  # a client that takes no event for this long is disconnected (1008)
     send_queue_events: int = 1024  # server events waiting for a slow client
     max_sources: int = 4
     max_sessions: int = 16  # past it: HTTP 503 + Retry-After (native) or close 1013 (OpenAI dialect)

@@ -62,6 +62,7 @@ class TextFinal:
     engine: str
     compute_ms: float
     response_id: str | None = None
+    repaired: bool = False  # transcribed at finalization from the recording (its live audio was shed)
 
 
 @dataclass(slots=True, frozen=True)

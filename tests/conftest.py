@@ -31,3 +31,10 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     """A server that admits one session at a time (limits tested at N and N+1)."""
     with run_server(tmp_path_factory.mktemp("small"), args=["--max-sessions", "1"]) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Disconnects clients that take no event for 2 s."""
+    with run_server(tmp_path_factory.mktemp("impatient"), env={"ECHOPANEL_SEND_TIMEOUT_S": "2"}) as srv:
+        yield srv

@@ -128,6 +128,7 @@ class ItemView:
     speaker: str | None = None
     first_text_at: float | None = None
     done_at: float | None = None
+    repaired: bool = False
     words: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -138,6 +139,7 @@ class TranscriptView:
         self.items: dict[str, ItemView] = {}
         self.errors: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
+        self.backpressure: list[dict[str, Any]] = []
         self.violations: list[str] = []
 
     def apply(self, ev: dict[str, Any], now: float | None = None) -> ItemView | None:
@@ -148,6 +150,9 @@ class TranscriptView:
             return None
         if kind == "session.summary":
             self.summary = ev
+            return None
+        if kind == "input_audio_buffer.backpressure":
+            self.backpressure.append(ev)
             return None
         if kind not in ("response.text.delta", "response.done", "input_audio_buffer.speech_started"):
             return None
@@ -164,10 +169,11 @@ class TranscriptView:
             item.final = ev["text"]
             item.start_ms, item.end_ms = ev["start_ms"], ev["end_ms"]
             item.speaker = ev.get("speaker")
+            item.repaired = bool(ev.get("repaired"))
             item.words = ev.get("words", [])
             item.tentative = ""
             item.done_at = now
-            if item.stable != ev["text"]:
+            if item.stable != ev["text"] and not item.repaired:
                 self.violations.append(f"{iid}: deltas {item.stable!r} != final {ev['text']!r}")
             if item.first_text_at is None and ev["text"]:
                 item.first_text_at = now

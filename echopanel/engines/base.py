@@ -35,6 +35,17 @@ class StreamOptions:
     turn_detection: bool = True  # False: utterances end only on commit (or the hard length cap)
     language: str = "en"
     prompt: str = ""  # text the client gives to guide the decoder (names, terms)
+    partials: bool = True  # False: finals only (repair, batch work)
+
+
+@dataclass
+class DecodePolicy:
+    """Shared by every stream of an engine; the flow controller changes it as load changes (adaptive cadence and
+    the degrade ladder). Streams read it at each decision, so a change takes effect at the next decode."""
+
+    partial_interval_ms: int = 300
+    partial_max_priority: int = 1  # streams with priority <= this get partials; -1 turns partials off
+    final_beam_size: int = 5
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,15 @@ class SpeechStream(ABC):
     @abstractmethod
     async def request(self, response_id: str | None) -> None:
         """Decode what is buffered now; results carry ``response_id``, then ``RequestCompleted``."""
+
+    @abstractmethod
+    async def skip(self, samples: int) -> None:
+        """Audio of this length (engine rate) was shed: end any open utterance there and move the clock on."""
+
+    @property
+    def next_item(self) -> int:
+        """The number the next item of this stream will get."""
+        return 1
 
     @abstractmethod
     async def configure(self, turns: TurnSettings) -> None:

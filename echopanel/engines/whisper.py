@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
+from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
 from echopanel.events import Word
 from echopanel.pipeline.recognizer import Decoded, VadStreamingRecognizer
 from echopanel.pipeline.scheduler import InferenceScheduler
@@ -72,7 +72,9 @@ class WhisperDecoder:
             str(model_dir), device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=workers
         )
 
-    def decode(self, audio: np.ndarray, *, prefix: str, context: str, final: bool) -> Decoded:
+    def decode(
+        self, audio: np.ndarray, *, prefix: str, context: str, final: bool, beam_size: int | None = None
+    ) -> Decoded:
         seconds = len(audio) / SAMPLE_RATE
         _local.frames = min(MAX_FRAMES, max(MIN_FRAMES, math.ceil(seconds + PAD_S) * FRAMES_PER_S))
         options: dict[str, Any] = {
@@ -85,7 +87,8 @@ class WhisperDecoder:
         # A cap on generated tokens per second of audio stops runaway repetition loops on short clips.
         if final:
             max_new = min(220, int(24 + 10 * seconds))
-            options.update(beam_size=5, temperature=(0.0, 0.4), word_timestamps=True, max_new_tokens=max_new)
+            beam = beam_size or 5
+            options.update(beam_size=beam, temperature=(0.0, 0.4), word_timestamps=True, max_new_tokens=max_new)
         else:
             max_new = min(220, int(12 + 7 * seconds))
             options.update(beam_size=1, temperature=0.0, without_timestamps=True, max_new_tokens=max_new)
@@ -123,6 +126,7 @@ class WhisperEngine(SpeechEngine):
         self.capabilities = EngineCapabilities(name="whisper", model=f"whisper-tiny.en ({model_dir.name})")
         self.compute_s = 0.0
         self.audio_s = 0.0
+        self.policy = DecodePolicy(partial_interval_ms=self.settings.partial_interval_ms)
 
     def open_stream(self, options: StreamOptions) -> SpeechStream:
         return VadStreamingRecognizer(
@@ -134,6 +138,7 @@ class WhisperEngine(SpeechEngine):
             settings=self.settings,
             sample_rate=SAMPLE_RATE,
             on_compute=self._on_compute,
+            policy=self.policy,
         )
 
     def _on_compute(self, compute_s: float, audio_s: float) -> None:

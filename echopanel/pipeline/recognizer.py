@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import SpeechStream, StreamOptions, TurnSettings
+from echopanel.engines.base import DecodePolicy, SpeechStream, StreamOptions, TurnSettings
 from echopanel.events import (
     Committed,
     EngineEvent,
@@ -52,7 +52,9 @@ class Decoded:
 class Decoder(Protocol):
     name: str
 
-    def decode(self, audio: np.ndarray, *, prefix: str, context: str, final: bool) -> Decoded:
+    def decode(
+        self, audio: np.ndarray, *, prefix: str, context: str, final: bool, beam_size: int | None = None
+    ) -> Decoded:
         """Blocking decode of one utterance's audio (runs on a scheduler worker thread)."""
         ...
 
@@ -82,6 +84,7 @@ class VadStreamingRecognizer(SpeechStream):
         settings: RecognizerSettings,
         sample_rate: int = 16000,
         on_compute: Callable[[float, float], None] | None = None,
+        policy: DecodePolicy | None = None,
     ) -> None:
         self._decoder = decoder
         self._scheduler = scheduler
@@ -92,6 +95,7 @@ class VadStreamingRecognizer(SpeechStream):
         self._rate = sample_rate
         self._ms = sample_rate // 1000
         self._on_compute = on_compute
+        self._policy = policy or DecodePolicy(partial_interval_ms=settings.partial_interval_ms)
         self._segmenter = UtteranceSegmenter(
             sample_rate=sample_rate,
             window=WINDOW,
@@ -160,6 +164,20 @@ class VadStreamingRecognizer(SpeechStream):
         if self._open is not None:
             self._open.response_ids.append(response_id)
         self._wake.set()
+
+    @property
+    def next_item(self) -> int:
+        return self._segmenter.next_item
+
+    async def skip(self, samples: int) -> None:
+        self._ensure_task()
+        async with self._lock:
+            utt = self._segmenter.gap(samples + len(self._carry))
+            self._carry = np.zeros(0, np.float32)
+            self._received += samples
+            self._detector.reset()
+            if utt is not None:
+                await self._on_segment(Closed(utt))
 
     async def configure(self, turns: TurnSettings) -> None:
         async with self._lock:
@@ -270,10 +288,12 @@ class VadStreamingRecognizer(SpeechStream):
             await self._wake.wait()
 
     def _partial_due(self, item: _Item) -> bool:
+        if not self._options.partials or self._options.priority > self._policy.partial_max_priority:
+            return False
         utt = item.utt
         if utt.speech_samples < self._s.first_partial_ms * self._ms:
             return False
-        return utt.samples - item.decoded_samples >= self._s.partial_interval_ms * self._ms
+        return utt.samples - item.decoded_samples >= self._policy.partial_interval_ms * self._ms
 
     async def _partial(self, item: _Item) -> None:
         utt = item.utt
@@ -321,8 +341,9 @@ class VadStreamingRecognizer(SpeechStream):
         context = self._decoder_context()
         decoder = self._decoder
         rid = item.response_ids[-1] if item.response_ids else None
+        beam = self._policy.final_beam_size
         job = self._scheduler.submit(
-            lambda: decoder.decode(audio, prefix=prefix, context=context, final=True),
+            lambda: decoder.decode(audio, prefix=prefix, context=context, final=True, beam_size=beam),
             kind=JobKind.FINAL,
             priority=self._options.priority,
         )

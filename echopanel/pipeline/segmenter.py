@@ -143,6 +143,14 @@ class UtteranceSegmenter:
         if hangover_ms is not None:
             self.hangover_windows = max(1, hangover_ms * ms // self.window)
 
+    def gap(self, samples: int) -> Utterance | None:
+        """``samples`` of audio will never arrive (shed): close the open utterance and advance the clock."""
+        closed = self._close("gap").utterance if self.current is not None else None
+        self.position += samples
+        self._ring.clear()
+        self._run = 0
+        return closed
+
     def discard(self) -> Utterance | None:
         """Drop the open utterance (the client cleared its buffer)."""
         utt, self.current = self.current, None

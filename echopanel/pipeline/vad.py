@@ -14,6 +14,10 @@ class VoiceDetector(Protocol):
         """Speech probability for each row of a (n, WINDOW) float32 array, in order (stateful)."""
         ...
 
+    def reset(self) -> None:
+        """Forget the state (the audio is not continuous any more)."""
+        ...
+
 
 class SileroVoiceDetector:
     def __init__(self, sample_rate: int = 16000) -> None:
@@ -26,3 +30,6 @@ class SileroVoiceDetector:
     def probabilities(self, windows: np.ndarray) -> list[float]:
         rows = np.ascontiguousarray(windows, dtype=np.float32)
         return [float(self._vad.process(memoryview(row.data))) for row in rows]
+
+    def reset(self) -> None:
+        self._vad.reset()

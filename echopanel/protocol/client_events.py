@@ -30,6 +30,7 @@ class SessionConfig(BaseModel):
     format: str = "pcm16"
     language: str = "en"
     turn_detection: TurnDetection | None = Field(default_factory=TurnDetection)
+    overflow: Literal["shed", "block"] | None = None  # None: the server's default (shed)
 
     @field_validator("sources")
     @classmethod

@@ -61,6 +61,7 @@ def to_wire(se: SourceEvent) -> dict[str, Any]:
             "speaker": None,
             "engine": ev.engine,
             "compute_ms": ev.compute_ms,
+            "repaired": ev.repaired,
         }
         if ev.response_id is not None:
             out["response_id"] = ev.response_id

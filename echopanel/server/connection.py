@@ -28,12 +28,19 @@ class DialectConnection(ABC):
         self.outbox: asyncio.Queue[OutboxItem] = asyncio.Queue(settings.send_queue_events)
         self.session: Session | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.slow_client = False
 
     async def run(self) -> None:
         self._sender = asyncio.create_task(self._send_loop(), name="sender")
         try:
             await self.on_open()
-            await self._read_loop()
+            self._reader = asyncio.create_task(self._read_loop(), name="reader")
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                if not self.slow_client:
+                    raise
         finally:
             if self.session is not None:
                 await self.session.aclose()
@@ -84,6 +91,17 @@ class DialectConnection(ABC):
         assert self._sender is not None
         await asyncio.wait([done, self._sender], return_when=asyncio.FIRST_COMPLETED)
 
+    async def _cut_off_slow_client(self) -> None:
+        """The client has taken no event for ``send_timeout_s``: disconnect instead of buffering without end."""
+        log.warning("client not reading for %.0f s: disconnecting", self.settings.send_timeout_s)
+        self.slow_client = True
+        try:
+            await asyncio.wait_for(self.ws.close(CloseCode.POLICY, reason="client not reading"), 1.0)
+        except (TimeoutError, RuntimeError, OSError):
+            pass
+        if self._reader is not None:
+            self._reader.cancel()
+
     async def _send_loop(self) -> None:
         while True:
             item = await self.outbox.get()
@@ -93,7 +111,11 @@ class DialectConnection(ABC):
                 continue
             for wire in self.encode(item):
                 try:
-                    await self.ws.send_text(json.dumps(wire, separators=(",", ":"), ensure_ascii=False))
+                    text = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
+                    await asyncio.wait_for(self.ws.send_text(text), self.settings.send_timeout_s)
+                except TimeoutError:
+                    await self._cut_off_slow_client()
+                    return
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     return
                 if wire.get("fatal"):

@@ -20,7 +20,7 @@ from echopanel.protocol.native import error_event, to_wire
 from echopanel.server.admission import Admission
 from echopanel.server.auth import PROTOCOL_NAME, authorized
 from echopanel.server.connection import DialectConnection
-from echopanel.server.session import OutboxItem, Session
+from echopanel.server.session import Backpressure, OutboxItem, Session
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,20 @@ class LiveConnection(DialectConnection):
     """The native dialect."""
 
     def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
-        return [to_wire(item) if isinstance(item, SourceEvent) else item]
+        if isinstance(item, SourceEvent):
+            return [to_wire(item)]
+        if isinstance(item, Backpressure):
+            return [
+                {
+                    "type": "input_audio_buffer.backpressure",
+                    "source": item.source,
+                    "level": item.level,
+                    "queued_ms": item.queued_ms,
+                    "dropped_ms": item.dropped_ms,
+                    "limit_ms": item.limit_ms,
+                }
+            ]
+        return [item]
 
     def error(self, err: ProtocolError) -> dict[str, Any]:
         return error_event(err.code, err.message, event_id=err.event_id, param=err.param)
@@ -144,6 +157,7 @@ class LiveConnection(DialectConnection):
             sample_rate=cfg.sample_rate,
             turn_detection=cfg.turn_detection is not None,
             language=cfg.language,
+            overflow=cfg.overflow,
             outbox=self.outbox,
         )
         self.session = session
@@ -165,7 +179,9 @@ class LiveConnection(DialectConnection):
                         "resume_token": session.resume_token,
                         "limits": {
                             "max_message_bytes": self.settings.max_message_bytes,
-                            "source_queue_ms": self.settings.source_queue_ms,
+                            "mic_queue_ms": self.settings.mic_queue_ms,
+                            "system_queue_ms": self.settings.system_queue_ms,
+                            "overflow": session.overflow,
                             "max_utterance_ms": self.settings.recognizer.max_utterance_ms,
                             "max_sources": self.settings.max_sources,
                         },
@@ -219,6 +235,7 @@ class LiveConnection(DialectConnection):
                     "start_ms": t.start_ms,
                     "end_ms": t.end_ms,
                     "speaker": t.speaker,
+                    "repaired": t.repaired,
                 }
                 for t in sorted(session.transcript, key=lambda t: (t.start_ms, t.source))
             ],

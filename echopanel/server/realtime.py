@@ -30,7 +30,7 @@ from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from echopanel.server.admission import Admission
 from echopanel.server.auth import authorized
 from echopanel.server.connection import DialectConnection
-from echopanel.server.session import OutboxItem, Session
+from echopanel.server.session import Backpressure, OutboxItem, Session
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class RealtimeConnection(DialectConnection):
             settings=self.settings,
             sources=[SOURCE],
             sample_rate=oa.SAMPLE_RATE,
+            # This API has no finalization step to deliver repaired text, and its clients do not expect shedding:
+            # a client that sends faster than we transcribe is pushed back through TCP instead.
+            overflow="block",
             outbox=self.outbox,
         )
         self.session = session
@@ -117,6 +120,8 @@ class RealtimeConnection(DialectConnection):
         return False
 
     def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
+        if isinstance(item, Backpressure):
+            return []  # no such event in this dialect; visible in logs and metrics
         if not isinstance(item, SourceEvent):
             return [item]
         wire = self._encode(item)

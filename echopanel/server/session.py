@@ -1,11 +1,16 @@
-"""A transcription session: several sources, each with its own bounded queue and recognizer stream.
+"""A transcription session: several sources, each with its own bounded queue, recording and recognizer stream.
 
-Dialect-agnostic: protocol adapters call ``append`` / ``commit`` / ``request`` / ``close`` and read ``outbox``,
-which carries ``SourceEvent`` (engine events tagged with their source) and ready wire events in one order.
+Dialect-agnostic: protocol adapters call ``append`` / ``commit`` / ``request`` / ``clear`` / ``finish`` and read
+``outbox``, which carries ``SourceEvent`` (engine events tagged with their source), session-level typed events
+(``Backpressure``) and ready wire events, in one order.
 
-Bounds: each source's queue holds at most ``source_queue_ms`` of audio; ``append`` waits when it is full, so a
-client sending faster than the server transcribes is pushed back through the socket (TCP flow control). Control
-markers (commit, response.create, close) travel in the same queue, so they apply after the audio sent before them.
+Flow control (docs/behaviour.md): every accepted sample is first appended to the source's recording. Each source's
+queue is bounded in milliseconds (the first source, the microphone by default, has the larger bound). At the bound,
+with ``overflow="shed"`` (default), the oldest queued audio is dropped from live transcription, its span noted;
+the client sees ``input_audio_buffer.backpressure`` as the level rises and falls; at finalization the shed spans
+are transcribed from the recording, so the stored transcript has no holes. With ``overflow="block"`` the session
+stops taking audio instead and TCP pushes back on the client. Control markers (commit, response.create, clear,
+flush) travel in the same queue, so they apply after the audio sent before them.
 """
 
 from __future__ import annotations
@@ -16,19 +21,23 @@ import secrets
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from echopanel.audio.convert import StreamResampler, pcm16_to_float
+from echopanel.audio.convert import StreamResampler, pcm16_to_float, resample
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine, SpeechStream, StreamOptions, TurnSettings
-from echopanel.events import RequestCompleted, SourceEvent, TextFinal, item_id
+from echopanel.events import ItemFailed, RequestCompleted, SourceEvent, TextFinal, Word, item_id
+from echopanel.storage.recording import Recording, session_dir
 
 log = logging.getLogger(__name__)
 
-OutboxItem = Any  # SourceEvent | dict (a ready wire event)
+OutboxItem = Any  # SourceEvent | Backpressure | Barrier | dict (a ready wire event)
+
+BACKPRESSURE_REPEAT_S = 0.5  # while shedding, the client hears about it at most this often
+SHEDDING_HOLD_S = 1.0  # "shedding" lasts this long after the last drop
 
 
 @dataclass(slots=True, frozen=True)
@@ -36,6 +45,15 @@ class Barrier:
     """Placed in the outbox; the sender resolves it once everything before it has been sent."""
 
     done: asyncio.Future[None]
+
+
+@dataclass(slots=True, frozen=True)
+class Backpressure:
+    source: str
+    level: str  # normal | high | shedding
+    queued_ms: int
+    dropped_ms: int
+    limit_ms: int
 
 
 _FLUSH_ID = "\x00flush"
@@ -49,20 +67,35 @@ class _Marker:
     turns: TurnSettings | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class _Chunk:
+    offset: int  # first sample, in the source's clock at the session rate
+    audio: np.ndarray
+
+
 @dataclass(slots=True)
 class SourceState:
     name: str
     index: int
+    priority: int
     stream: SpeechStream
     resampler: StreamResampler
-    queue_limit_ms: float
-    queue: deque[np.ndarray | _Marker] = field(default_factory=deque)
-    queued_ms: float = 0.0
-    received_ms: float = 0.0
-    max_queued_ms: float = 0.0
+    limit_samples: int
+    recording: Recording
+    queue: deque[_Chunk | _Marker] = field(default_factory=deque)
+    queued_samples: int = 0
+    max_queued_samples: int = 0
+    fed_samples: int = 0  # the next sample the recognizer expects
+    dropped_samples: int = 0
+    shed_spans: list[list[int]] = field(default_factory=list)  # [start, end) samples, merged
+    live: bool = True  # False: recorded only (the degrade ladder's last step for this source)
+    level: str = "normal"
+    last_drop: float = 0.0
+    last_notice: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     space: asyncio.Event = field(default_factory=asyncio.Event)
     finals: int = 0
+    repaired: int = 0
     flush_done: asyncio.Future[None] | None = None
 
 
@@ -74,6 +107,7 @@ class TranscriptItem:
     start_ms: int
     end_ms: int
     speaker: str | None
+    repaired: bool = False
 
 
 class Session:
@@ -87,6 +121,7 @@ class Session:
         turn_detection: bool = True,
         language: str = "en",
         prompt: str = "",
+        overflow: str | None = None,
         outbox: asyncio.Queue[OutboxItem] | None = None,
     ) -> None:
         self.id = "sess_" + uuid.uuid4().hex[:20]
@@ -94,20 +129,30 @@ class Session:
         self.engine = engine
         self.settings = settings
         self.sample_rate = sample_rate
+        self.overflow = overflow or settings.overflow
         self.created = time.time()
         self.outbox: asyncio.Queue[OutboxItem] = outbox or asyncio.Queue(settings.send_queue_events)
         self.transcript: list[TranscriptItem] = []
         self.closing = False
+        self.directory = session_dir(settings.data_dir, self.id)
         engine_rate = engine.capabilities.sample_rate
         self.sources: dict[str, SourceState] = {}
         for index, name in enumerate(sources):
+            priority = 0 if index == 0 else 1
             stream = engine.open_stream(
                 StreamOptions(
-                    source=name, priority=index, turn_detection=turn_detection, language=language, prompt=prompt
+                    source=name, priority=priority, turn_detection=turn_detection, language=language, prompt=prompt
                 )
             )
+            limit_ms = settings.mic_queue_ms if priority == 0 else settings.system_queue_ms
             self.sources[name] = SourceState(
-                name, index, stream, StreamResampler(sample_rate, engine_rate), float(settings.source_queue_ms)
+                name=name,
+                index=index,
+                priority=priority,
+                stream=stream,
+                resampler=StreamResampler(sample_rate, engine_rate),
+                limit_samples=limit_ms * sample_rate // 1000,
+                recording=Recording(self.directory / f"{name}.pcm", sample_rate),
             )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,22 +165,34 @@ class Session:
             self._tasks.append(asyncio.create_task(self._feed(state), name=f"feed-{state.name}"))
             self._tasks.append(asyncio.create_task(self._forward(state), name=f"forward-{state.name}"))
 
+    def ms(self, samples: int) -> int:
+        return int(samples * 1000 // self.sample_rate)
+
     # -- input (called by the dialect, in the order the client sent events) --------------------------------------
 
     async def append(self, source: str, pcm16: bytes) -> None:
-        """Accept whole PCM16 samples for one source; waits while that source's queue is full."""
+        """Accept whole PCM16 samples for one source: record them, then queue them for live transcription."""
         state = self.sources[source]
+        offset = state.recording.append(pcm16)
         audio = pcm16_to_float(pcm16)
-        ms = len(audio) * 1000.0 / self.sample_rate
-        # Wait while queued *audio* would exceed the bound (one chunk larger than the bound still passes alone).
-        while state.queued_ms > 0 and state.queued_ms + ms > state.queue_limit_ms:
-            state.space.clear()
-            await state.space.wait()
-        state.queue.append(audio)
-        state.queued_ms += ms
-        state.max_queued_ms = max(state.max_queued_ms, state.queued_ms)
-        state.received_ms += ms
+        n = len(audio)
+        if not state.live:
+            self._shed(state, offset, offset + n)
+            self._notice(state)
+            return
+        if self.overflow == "block":
+            # Wait while queued audio would pass the bound (one chunk larger than the bound still passes alone).
+            while state.queued_samples > 0 and state.queued_samples + n > state.limit_samples:
+                state.space.clear()
+                await state.space.wait()
+        else:
+            while state.queued_samples > 0 and state.queued_samples + n > state.limit_samples:
+                self._drop_oldest(state)
+        state.queue.append(_Chunk(offset, audio))
+        state.queued_samples += n
+        state.max_queued_samples = max(state.max_queued_samples, state.queued_samples)
         state.changed.set()
+        self._notice(state)
 
     async def commit(self, source: str, event_id: str | None) -> None:
         self._enqueue(source, _Marker("commit", event_id))
@@ -146,20 +203,24 @@ class Session:
     async def configure(self, source: str, turns: TurnSettings) -> None:
         self._enqueue(source, _Marker("configure", turns=turns))
 
-    async def clear(self, source: str) -> None:
-        """Drop the audio of ``source`` not yet transcribed, and its open utterance."""
-        state = self.sources[source]
-        kept: deque[np.ndarray | _Marker] = deque(e for e in state.queue if isinstance(e, _Marker))
-        state.queue = kept
-        state.queued_ms = 0.0
-        state.space.set()
-        self._enqueue(source, _Marker("clear"))
-
     def set_prompt(self, source: str, prompt: str) -> None:
         self.sources[source].stream.set_prompt(prompt)
 
+    def set_live(self, source: str, live: bool) -> None:
+        """Live transcription on or off for one source (off: recorded only, repaired at finalization)."""
+        self.sources[source].live = live
+
+    async def clear(self, source: str) -> None:
+        """Drop the audio of ``source`` not yet transcribed, and its open utterance (the recording keeps it)."""
+        state = self.sources[source]
+        state.queue = deque(e for e in state.queue if isinstance(e, _Marker))
+        state.queued_samples = 0
+        state.fed_samples = state.recording.samples
+        state.space.set()
+        self._enqueue(source, _Marker("clear"))
+
     async def finish(self) -> None:
-        """Flush every source: every utterance is finalized and every final is in the outbox."""
+        """Flush every source (every live final in the outbox), then repair shed spans from the recordings."""
         self.closing = True
         loop = asyncio.get_running_loop()
         waits = []
@@ -168,6 +229,9 @@ class Session:
             self._enqueue(state.name, _Marker("flush", done=done))
             waits.append(done)
         await asyncio.gather(*waits)
+        for state in self.sources.values():
+            if state.shed_spans:
+                await self._repair(state)
 
     async def aclose(self) -> None:
         for state in self.sources.values():
@@ -176,18 +240,70 @@ class Session:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for state in self.sources.values():
+            state.recording.close()
 
     def stats(self) -> dict[str, Any]:
         return {
             name: {
-                "received_ms": round(s.received_ms),
-                "queued_ms": round(s.queued_ms),
-                "max_queued_ms": round(s.max_queued_ms),
+                "received_ms": self.ms(s.recording.samples),
+                "queued_ms": self.ms(s.queued_samples),
+                "max_queued_ms": self.ms(s.max_queued_samples),
+                "queue_limit_ms": self.ms(s.limit_samples),
                 "processed_ms": round(s.stream.audio_ms),
+                "dropped_ms": self.ms(s.dropped_samples),
+                "shed_spans": [[self.ms(a), self.ms(b)] for a, b in s.shed_spans[:100]],
+                "repaired_items": s.repaired,
                 "finals": s.finals,
+                "live": s.live,
             }
             for name, s in self.sources.items()
         }
+
+    # -- flow control ------------------------------------------------------------------------------------------------
+
+    def _drop_oldest(self, state: SourceState) -> None:
+        for i, entry in enumerate(state.queue):
+            if isinstance(entry, _Chunk):
+                del state.queue[i]
+                state.queued_samples -= len(entry.audio)
+                self._shed(state, entry.offset, entry.offset + len(entry.audio))
+                return
+        state.queued_samples = 0
+
+    def _shed(self, state: SourceState, start: int, end: int) -> None:
+        state.dropped_samples += end - start
+        state.last_drop = time.monotonic()
+        spans = state.shed_spans
+        if spans and spans[-1][1] >= start:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+
+    def _notice(self, state: SourceState) -> None:
+        """Tell the client when the backpressure level of a source changes (and keep telling while it sheds)."""
+        now = time.monotonic()
+        if now - state.last_drop < SHEDDING_HOLD_S and state.dropped_samples:
+            level = "shedding"
+        elif state.queued_samples * 2 >= state.limit_samples:
+            level = "high"
+        else:
+            level = "normal"
+        if level == state.level and not (level == "shedding" and now - state.last_notice >= BACKPRESSURE_REPEAT_S):
+            return
+        state.level = level
+        state.last_notice = now
+        event = Backpressure(
+            state.name,
+            level,
+            self.ms(state.queued_samples),
+            self.ms(state.dropped_samples),
+            self.ms(state.limit_samples),
+        )
+        try:
+            self.outbox.put_nowait(event)
+        except asyncio.QueueFull:
+            log.warning("outbox full; backpressure notice for %s skipped", state.name)
 
     # -- internals -------------------------------------------------------------------------------------------------
 
@@ -198,19 +314,34 @@ class Session:
 
     async def _feed(self, state: SourceState) -> None:
         stream = state.stream
+        engine_rate = self.engine.capabilities.sample_rate
         try:
             while True:
                 while not state.queue:
                     state.changed.clear()
-                    await state.changed.wait()
+                    if state.level == "normal":
+                        await state.changed.wait()
+                    else:  # re-check so the client hears when the level falls back
+                        self._notice(state)
+                        try:
+                            await asyncio.wait_for(state.changed.wait(), 0.25)
+                        except TimeoutError:
+                            pass
                 entry = state.queue.popleft()
                 if isinstance(entry, _Marker):
                     await self._apply(state, entry)
                     continue
-                remaining = state.queued_ms - len(entry) * 1000.0 / self.sample_rate
-                state.queued_ms = remaining if state.queue else 0.0
+                state.queued_samples = max(0, state.queued_samples - len(entry.audio)) if state.queue else 0
                 state.space.set()
-                await stream.push(state.resampler.process(entry))
+                if entry.offset > state.fed_samples:
+                    # Audio before this chunk was shed: the recognizer's clock jumps over it.
+                    gap = entry.offset - state.fed_samples
+                    await stream.skip(gap * engine_rate // self.sample_rate)
+                    state.resampler = StreamResampler(self.sample_rate, engine_rate)
+                state.fed_samples = entry.offset + len(entry.audio)
+                await stream.push(state.resampler.process(entry.audio))
+                if state.level != "normal":
+                    self._notice(state)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -246,9 +377,57 @@ class Session:
                     state.flush_done = None
                 continue
             if isinstance(ev, TextFinal):
-                state.finals += 1
-                if ev.text:
-                    self.transcript.append(
-                        TranscriptItem(item_id(state.name, ev.item), state.name, ev.text, ev.start_ms, ev.end_ms, None)
-                    )
+                self._record_final(state, ev)
             await self.outbox.put(SourceEvent(state.name, ev))
+
+    def _record_final(self, state: SourceState, ev: TextFinal) -> None:
+        state.finals += 1
+        if ev.repaired:
+            state.repaired += 1
+        if ev.text:
+            self.transcript.append(
+                TranscriptItem(
+                    item_id(state.name, ev.item), state.name, ev.text, ev.start_ms, ev.end_ms, None, ev.repaired
+                )
+            )
+
+    async def _repair(self, state: SourceState) -> None:
+        """Transcribe the spans shed under load from the recording, with finals only, and send them as repaired."""
+        engine_rate = self.engine.capabilities.sample_rate
+        next_item = state.stream.next_item
+        for start, end in list(state.shed_spans):
+            pcm = state.recording.read(start, end)
+            if not pcm:
+                continue
+            audio = resample(pcm16_to_float(pcm), self.sample_rate, engine_rate)
+            audio = np.concatenate([audio, np.zeros(engine_rate // 2, np.float32)])  # let the last turn end
+            stream = self.engine.open_stream(
+                StreamOptions(source=state.name, priority=state.priority, first_item=next_item, partials=False)
+            )
+            offset_ms = self.ms(start)
+            events: list[TextFinal | ItemFailed] = []
+
+            async def collect(s: SpeechStream = stream, out: list[TextFinal | ItemFailed] = events) -> None:
+                async for ev in s.events():
+                    if isinstance(ev, TextFinal | ItemFailed):
+                        out.append(ev)
+
+            reader = asyncio.create_task(collect())
+            step = engine_rate
+            for i in range(0, len(audio), step):
+                await stream.push(audio[i : i + step])
+            await stream.flush()
+            next_item = stream.next_item
+            await stream.aclose()
+            await reader
+            for ev in events:
+                if isinstance(ev, TextFinal):
+                    ev = _shift(ev, offset_ms)
+                    self._record_final(state, ev)
+                await self.outbox.put(SourceEvent(state.name, ev))
+            log.info("session %s: repaired %d ms of %s from the recording", self.id, self.ms(end - start), state.name)
+
+
+def _shift(ev: TextFinal, offset_ms: int) -> TextFinal:
+    words = tuple(Word(w.text, w.start_ms + offset_ms, w.end_ms + offset_ms, w.confidence) for w in ev.words)
+    return replace(ev, start_ms=ev.start_ms + offset_ms, end_ms=ev.end_ms + offset_ms, words=words, repaired=True)

@@ -70,7 +70,7 @@ async def test_bad_session_create_then_a_good_one(
 async def test_bad_events_mid_stream_keep_the_session_and_its_audio(server: ServerProcess) -> None:
     pcm = read_pcm16(LIBRIVOX / f"{NAME}.wav")
     half = len(pcm) // 2 // 640 * 640
-    async with LiveClient(server.url, sources=["mic", "system"]) as client:
+    async with LiveClient(server.url, sources=["mic", "system"], session={"overflow": "block"}) as client:
         assert client.ws is not None
         for i in range(0, half, 640):
             await client.send_audio("mic", pcm[i : i + 640])

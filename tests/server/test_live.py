@@ -17,6 +17,7 @@ from echopanel.client.stream import transcribe
 from support import CARDS, LIBRIVOX, PHONE, ServerProcess, librivox_refs, phone_ref, wer
 
 GAP = b"\x00\x00" * 16000  # 1 s of silence at 16 kHz
+BLOCK = {"overflow": "block"}  # files sent faster than real time: wait for the server instead of shedding
 
 
 def librivox_stream(rate: int = 16000) -> tuple[bytes, str]:
@@ -29,7 +30,7 @@ def librivox_stream(rate: int = 16000) -> tuple[bytes, str]:
 
 async def test_librivox_finals_wer_and_delta_contract(server: ServerProcess) -> None:
     pcm, ref = librivox_stream()
-    async with LiveClient(server.url, sources=["mic"]) as client:
+    async with LiveClient(server.url, sources=["mic"], session=BLOCK) as client:
         view = await transcribe(client, {"mic": pcm}, realtime=False)
         assert client.close_code == 1000
     assert view.violations == []
@@ -44,7 +45,7 @@ async def test_librivox_finals_wer_and_delta_contract(server: ServerProcess) -> 
 
 
 async def test_phone_call(server: ServerProcess) -> None:
-    async with LiveClient(server.url, sources=["system"]) as client:
+    async with LiveClient(server.url, sources=["system"], session=BLOCK) as client:
         view = await transcribe(client, {"system": read_pcm16(PHONE / "sample.wav")}, realtime=False)
     assert view.violations == []
     assert wer(phone_ref(), view.text()) <= 0.25, view.text()
@@ -55,7 +56,7 @@ async def test_two_sources_each_get_their_own_text(server: ServerProcess) -> Non
     mic_name = "sense_and_sensibility_01_austen_64kb-0870"
     mic = read_pcm16(LIBRIVOX / f"{mic_name}.wav") + GAP
     system = read_pcm16(CARDS / "005.wav") + GAP
-    async with LiveClient(server.url, sources=["mic", "system"]) as client:
+    async with LiveClient(server.url, sources=["mic", "system"], session=BLOCK) as client:
         view = await transcribe(client, {"mic": mic, "system": system}, realtime=False)
     assert view.violations == []
     assert wer(refs[mic_name], view.text("mic")) <= 0.10, view.text("mic")
@@ -80,7 +81,7 @@ async def test_24k_and_48k_input_is_resampled(server: ServerProcess) -> None:
     for rate in (24000, 48000):
         audio = read_audio(LIBRIVOX / f"{name}.wav", rate)
         pcm = float_to_pcm16(np.concatenate([audio, np.zeros(rate, np.float32)]))
-        async with LiveClient(server.url, sources=["mic"], sample_rate=rate) as client:
+        async with LiveClient(server.url, sources=["mic"], sample_rate=rate, session=BLOCK) as client:
             assert client.session["sample_rate"] == rate
             view = await transcribe(client, {"mic": pcm}, realtime=False)
         assert wer(ref, view.text()) <= 0.15, (rate, view.text())
@@ -124,7 +125,7 @@ async def test_manual_commit_response_create_and_correlation(server: ServerProce
 async def test_base64_append_path(server: ServerProcess) -> None:
     name = "sense_and_sensibility_01_austen_64kb-0930"
     pcm = read_pcm16(LIBRIVOX / f"{name}.wav") + GAP
-    async with LiveClient(server.url, sources=["mic"]) as client:
+    async with LiveClient(server.url, sources=["mic"], session=BLOCK) as client:
         for i in range(0, len(pcm), 6400):
             chunk = base64.b64encode(pcm[i : i + 6400]).decode()
             await client.send({"type": "input_audio_buffer.append", "source": "mic", "audio": chunk})
@@ -138,8 +139,8 @@ async def test_fast_sender_is_pushed_back_and_queue_stays_bounded(server: Server
     # 10 minutes (19 MB, more than loopback socket buffers hold) sent as fast as the socket takes it; mostly
     # silence so the server gets through it quickly.
     pcm = speech + b"\x00\x00" * 16000 * (600 - len(speech) // 32000)
-    async with LiveClient(server.url, sources=["mic"]) as client:
-        limit = client.session["limits"]["source_queue_ms"]
+    async with LiveClient(server.url, sources=["mic"], session=BLOCK) as client:
+        limit = client.session["limits"]["mic_queue_ms"]
         t0 = time.monotonic()
         sent_at: list[float] = []
         view = await transcribe(

@@ -1,0 +1,1 @@
+"""Durable storage: per-source audio recordings (and, later, sessions and transcripts)."""

@@ -1,0 +1,54 @@
+"""Per-source recordings: every accepted sample is appended here before any flow-control decision.
+
+One raw PCM16 LE mono file per source (``<data_dir>/recordings/<session>/<source>.pcm``) at the rate the client
+sent, plus a small JSON header. Spans shed from live transcription under load are read back from it at
+finalization, so the stored transcript has no holes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+BYTES_PER_SAMPLE = 2
+
+
+class Recording:
+    def __init__(self, path: Path, sample_rate: int) -> None:
+        self.path = path
+        self.sample_rate = sample_rate
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps({"format": "pcm16le", "channels": 1, "rate": sample_rate}))
+        self._file = open(path, "ab", buffering=1 << 16)  # kept open for the session
+        self.samples = 0
+
+    def append(self, pcm16: bytes) -> int:
+        """Append whole samples; returns the sample offset where they start."""
+        start = self.samples
+        self._file.write(pcm16)
+        self.samples += len(pcm16) // BYTES_PER_SAMPLE
+        return start
+
+    def read(self, start: int, end: int) -> bytes:
+        """Samples [start, end) as PCM16 bytes."""
+        self._file.flush()
+        start = max(0, start)
+        end = min(end, self.samples)
+        if end <= start:
+            return b""
+        with open(self.path, "rb") as f:
+            f.seek(start * BYTES_PER_SAMPLE)
+            return f.read((end - start) * BYTES_PER_SAMPLE)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def session_dir(data_dir: Path, session_id: str) -> Path:
+    return data_dir / "recordings" / session_id
+
+
+def delete_session_recordings(data_dir: Path, session_id: str) -> None:
+    shutil.rmtree(session_dir(data_dir, session_id), ignore_errors=True)

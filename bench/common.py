@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,11 @@ def fmt(value: float | None, spec: str = ".3f", unit: str = "") -> str:
     return f"{value:{spec}}{unit}"
 
 
+def pct(fraction: float | None, spec: str = ".1f") -> str:
+    """A fraction as a percentage, or n/a."""
+    return fmt(None if fraction is None else fraction * 100, spec, "%")
+
+
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     def default(o: object) -> object:
         if isinstance(o, float) and not math.isfinite(o):
@@ -184,12 +190,17 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 @contextmanager
 def start_server(
-    *, env: dict[str, str] | None = None, ready_timeout_s: float = 180.0, quiet: bool = True
+    *,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 180.0,
+    quiet: bool = True,
+    keep_data: bool = False,
 ) -> Iterator[ServerProcess]:
     """Start ``python -m echopanel serve --port 0`` in a temporary data dir; yield once it logged its ready line.
 
     Stderr is drained on a thread (lines with WARNING/ERROR/Traceback are kept in ``warnings``, and echoed unless
-    ``quiet``). The server gets SIGTERM on exit, then SIGKILL if it has not stopped after 15 s.
+    ``quiet``). The server gets SIGTERM on exit, then SIGKILL if it has not stopped after 15 s; its data dir
+    (session recordings) is removed unless ``keep_data``.
     """
     data_dir = tempfile.mkdtemp(prefix="echopanel-bench-")
     full_env = {**os.environ, "ECHOPANEL_LOG_LEVEL": "info", **(env or {})}
@@ -239,3 +250,33 @@ def start_server(
                 proc.kill()
                 proc.wait(5)
         pump_thread.join(timeout=5)
+        if not keep_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def describe_close(ws: Any) -> dict[str, Any]:
+    """How a websockets client connection ended: code, reason, and which side sent the first close frame."""
+    if ws is None:
+        return {"code": None, "reason": "", "closed_by": "never opened"}
+    protocol = getattr(ws, "protocol", None)
+    rcvd = getattr(protocol, "close_rcvd", None)
+    sent = getattr(protocol, "close_sent", None)
+    then = getattr(protocol, "close_rcvd_then_sent", None)
+    if rcvd is None and sent is None:
+        closed_by = "nobody (connection dropped)"
+    elif rcvd is not None and (sent is None or then):
+        closed_by = "server"
+    else:
+        closed_by = "client"
+    return {"code": ws.close_code, "reason": ws.close_reason or "", "closed_by": closed_by}
+
+
+def git_state() -> str:
+    """``git describe --always --dirty`` of the checkout being measured (the server runs from it)."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"

@@ -63,6 +63,7 @@ class TextFinal:
     compute_ms: float
     response_id: str | None = None
     repaired: bool = False  # transcribed at finalization from the recording (its live audio was shed)
+    speech_end_ms: int | None = None  # end of the last voiced window (final latency is measured from here)
 
 
 @dataclass(slots=True, frozen=True)

@@ -113,6 +113,7 @@ class SpeechStream(ABC):
 
 class SpeechEngine(ABC):
     capabilities: EngineCapabilities
+    policy: DecodePolicy = DecodePolicy()  # engines replace it with their own instance
 
     @abstractmethod
     def open_stream(self, options: StreamOptions) -> SpeechStream: ...

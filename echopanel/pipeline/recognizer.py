@@ -373,6 +373,7 @@ class VadStreamingRecognizer(SpeechStream):
                 self._decoder.name,
                 round(item.compute_s * 1000, 1),
                 response_id=rid,
+                speech_end_ms=utt.last_voiced // self._ms,
             )
         )
         if text and self._s.context_chars > 0:

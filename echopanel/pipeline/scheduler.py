@@ -13,6 +13,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -54,6 +55,8 @@ class InferenceScheduler:
         self.busy = 0
         self.completed = 0
         self.compute_s_total = 0.0
+        self._running: dict[int, float] = {}  # job seq -> start time
+        self.final_waits: deque[tuple[float, float]] = deque(maxlen=512)  # (done at, waited s) of finals
 
     def start(self) -> None:
         if self._threads:
@@ -79,6 +82,17 @@ class InferenceScheduler:
     def queued(self) -> int:
         return len(self._heap)
 
+    def busy_seconds(self) -> float:
+        """Compute time spent so far, jobs still running included (for utilization over a window)."""
+        now = time.monotonic()
+        with self._cond:
+            return self.compute_s_total + sum(now - t for t in self._running.values())
+
+    def final_wait_p95(self, since: float) -> float:
+        with self._cond:
+            waits = sorted(w for t, w in self.final_waits if t >= since)
+        return waits[int(0.95 * (len(waits) - 1))] if waits else 0.0
+
     def submit(self, fn: Callable[[], T], *, kind: JobKind, priority: int = 0) -> asyncio.Future[JobResult[T]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[JobResult[T]] = loop.create_future()
@@ -103,7 +117,8 @@ class InferenceScheduler:
                 if job.future.cancelled():
                     continue
                 self.busy += 1
-            started = time.monotonic()
+                started = time.monotonic()
+                self._running[job.key[3]] = started
             try:
                 value = job.fn()
             except BaseException as exc:
@@ -114,9 +129,13 @@ class InferenceScheduler:
                 _post(job.loop, _set_result, job.future, result)
             finally:
                 with self._cond:
+                    end = time.monotonic()
                     self.busy -= 1
                     self.completed += 1
-                    self.compute_s_total += time.monotonic() - started
+                    self.compute_s_total += end - started
+                    self._running.pop(job.key[3], None)
+                    if job.key[0] == JobKind.FINAL:
+                        self.final_waits.append((end, started - job.enqueued))
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -11,7 +12,9 @@ from echopanel import __version__
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
 from echopanel.server.admission import Admission
+from echopanel.server.controller import FlowController
 from echopanel.server.live import live_endpoint
+from echopanel.server.metrics import ServerMetrics
 from echopanel.server.realtime import realtime_endpoint
 
 _INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>EchoPanel</title></head>
@@ -20,8 +23,9 @@ _INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Ec
 <li><a href="/ready">/ready</a></li></ul></main></body></html>"""
 
 
-def create_app(engine: SpeechEngine, settings: Settings) -> Starlette:
+def create_app(engine: SpeechEngine, settings: Settings, controller: FlowController | None = None) -> Starlette:
     admission = Admission(settings.max_sessions)
+    metrics = controller.metrics if controller is not None else ServerMetrics()
 
     async def index(request: Request) -> Response:
         return HTMLResponse(_INDEX.format(version=__version__))
@@ -40,9 +44,13 @@ def create_app(engine: SpeechEngine, settings: Settings) -> Starlette:
         }
         return JSONResponse(body, status_code=200 if admission.capacity_left > 0 else 503)
 
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app = Starlette(
         routes=[
             Route("/", index),
+            Route("/metrics", prometheus),
             Route("/health", health),
             Route("/ready", ready),
             WebSocketRoute("/v1/live", live_endpoint),
@@ -53,4 +61,6 @@ def create_app(engine: SpeechEngine, settings: Settings) -> Starlette:
     app.state.engine = engine
     app.state.settings = settings
     app.state.admission = admission
+    app.state.metrics = metrics
+    app.state.controller = controller
     return app

@@ -12,7 +12,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
+from echopanel.pipeline.ladder import Level
 from echopanel.protocol.errors import CloseCode, ProtocolError
+from echopanel.server.controller import FlowController
+from echopanel.server.metrics import ServerMetrics
 from echopanel.server.session import Barrier, OutboxItem, Session
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,20 @@ class DialectConnection(ABC):
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self.slow_client = False
+        self.controller: FlowController | None = ws.app.state.controller
+        self.metrics: ServerMetrics | None = ws.app.state.metrics
+
+    def new_session(self, **kwargs: Any) -> Session:
+        """A session wired to this connection's outbox, the metrics and the current degrade level."""
+        level = self.controller.level if self.controller is not None else Level.NORMAL
+        session = Session(
+            engine=self.engine, settings=self.settings, outbox=self.outbox, metrics=self.metrics, level=level, **kwargs
+        )
+        self.session = session
+        if self.controller is not None:
+            self.controller.register(session)
+        session.start()
+        return session
 
     async def run(self) -> None:
         self._sender = asyncio.create_task(self._send_loop(), name="sender")
@@ -43,6 +60,8 @@ class DialectConnection(ABC):
                     raise
         finally:
             if self.session is not None:
+                if self.controller is not None:
+                    self.controller.unregister(self.session)
                 await self.session.aclose()
             if not self._sender.done():
                 self._sender.cancel()

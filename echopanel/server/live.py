@@ -20,7 +20,7 @@ from echopanel.protocol.native import error_event, to_wire
 from echopanel.server.admission import Admission
 from echopanel.server.auth import PROTOCOL_NAME, authorized
 from echopanel.server.connection import DialectConnection
-from echopanel.server.session import Backpressure, OutboxItem, Session
+from echopanel.server.session import Backpressure, Degraded, OutboxItem, Session, SessionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ class LiveConnection(DialectConnection):
     def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
         if isinstance(item, SourceEvent):
             return [to_wire(item)]
+        if isinstance(item, Degraded):
+            return [{"type": "session.degraded", "level": item.level, "name": item.name, "reason": item.reason}]
+        if isinstance(item, SessionMetrics):
+            return [{"type": "session.metrics", **item.payload}]
         if isinstance(item, Backpressure):
             return [
                 {
@@ -150,18 +154,13 @@ class LiveConnection(DialectConnection):
             raise ProtocolError(
                 ErrorCode.INVALID_EVENT, f"at most {self.settings.max_sources} sources", param="session.sources"
             )
-        session = Session(
-            engine=self.engine,
-            settings=self.settings,
+        session = self.new_session(
             sources=cfg.sources,
             sample_rate=cfg.sample_rate,
             turn_detection=cfg.turn_detection is not None,
             language=cfg.language,
             overflow=cfg.overflow,
-            outbox=self.outbox,
         )
-        self.session = session
-        session.start()
         caps = self.engine.capabilities
         await self.outbox.put(
             _with_id(
@@ -264,6 +263,7 @@ async def live_endpoint(ws: WebSocket) -> None:
         await ws.close(CloseCode.POLICY, reason="unauthorized")
         return
     if not admission.try_admit():
+        state.metrics.sessions_refused.inc()
         log.warning("session refused: server full (%d sessions)", admission.max_sessions)
         await refuse_full(ws, admission)
         return

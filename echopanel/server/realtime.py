@@ -30,7 +30,7 @@ from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from echopanel.server.admission import Admission
 from echopanel.server.auth import authorized
 from echopanel.server.connection import DialectConnection
-from echopanel.server.session import Backpressure, OutboxItem, Session
+from echopanel.server.session import Backpressure, Degraded, OutboxItem, SessionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,13 @@ class RealtimeConnection(DialectConnection):
         self.pending_commit_ids: dict[int, str | None] = {}
 
     async def on_open(self) -> None:
-        session = Session(
-            engine=self.engine,
-            settings=self.settings,
+        session = self.new_session(
             sources=[SOURCE],
             sample_rate=oa.SAMPLE_RATE,
             # This API has no finalization step to deliver repaired text, and its clients do not expect shedding:
             # a client that sends faster than we transcribe is pushed back through TCP instead.
             overflow="block",
-            outbox=self.outbox,
         )
-        self.session = session
-        session.start()
         await self.outbox.put(
             {"type": "session.created", "event_id": self.ids.next(), "session": self.config.as_session(session.id)}
         )
@@ -120,8 +115,8 @@ class RealtimeConnection(DialectConnection):
         return False
 
     def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
-        if isinstance(item, Backpressure):
-            return []  # no such event in this dialect; visible in logs and metrics
+        if isinstance(item, Backpressure | Degraded | SessionMetrics):
+            return []  # no such events in this dialect; visible in /metrics and the logs
         if not isinstance(item, SourceEvent):
             return [item]
         wire = self._encode(item)
@@ -226,6 +221,7 @@ async def realtime_endpoint(ws: WebSocket) -> None:
         await ws.close(CloseCode.POLICY, reason="only intent=transcription is supported")
         return
     if not admission.try_admit():
+        state.metrics.sessions_refused.inc()
         log.warning("realtime session refused: server full (%d sessions)", admission.max_sessions)
         await ws.accept()
         await ws.close(CloseCode.TRY_AGAIN_LATER, reason="server full")

@@ -13,6 +13,8 @@ from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
 from echopanel.engines.whisper import WhisperEngine
 from echopanel.server.app import create_app
+from echopanel.server.controller import FlowController
+from echopanel.server.metrics import ServerMetrics
 
 log = logging.getLogger("echopanel")
 
@@ -47,7 +49,16 @@ async def serve(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = await asyncio.to_thread(build_engine, settings)
     await asyncio.to_thread(engine.warmup)
-    app = create_app(engine, settings)
+    controller = None
+    if isinstance(engine, WhisperEngine):
+        controller = FlowController(
+            scheduler=engine.scheduler,
+            policy=engine.policy,
+            base_interval_ms=settings.recognizer.partial_interval_ms,
+            metrics=ServerMetrics(),
+        )
+    app = create_app(engine, settings, controller)
+    control_task = asyncio.create_task(controller.run()) if controller is not None else None
     server = uvicorn.Server(uvicorn_config(app, settings))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -69,4 +80,6 @@ async def serve(settings: Settings) -> None:
     try:
         await task
     finally:
+        if control_task is not None:
+            control_task.cancel()
         engine.close()

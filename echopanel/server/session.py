@@ -29,13 +29,16 @@ import numpy as np
 from echopanel.audio.convert import StreamResampler, pcm16_to_float, resample
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine, SpeechStream, StreamOptions, TurnSettings
-from echopanel.events import ItemFailed, RequestCompleted, SourceEvent, TextFinal, Word, item_id
+from echopanel.events import ItemFailed, RequestCompleted, SourceEvent, TextDelta, TextFinal, Word, item_id
+from echopanel.pipeline.ladder import REASONS, Level
+from echopanel.server.metrics import Arrivals, LatencyWindow, ServerMetrics, source_kind
 from echopanel.storage.recording import Recording, session_dir
 
 log = logging.getLogger(__name__)
 
 OutboxItem = Any  # SourceEvent | Backpressure | Barrier | dict (a ready wire event)
 
+METRICS_INTERVAL_S = 1.0
 BACKPRESSURE_REPEAT_S = 0.5  # while shedding, the client hears about it at most this often
 SHEDDING_HOLD_S = 1.0  # "shedding" lasts this long after the last drop
 
@@ -45,6 +48,18 @@ class Barrier:
     """Placed in the outbox; the sender resolves it once everything before it has been sent."""
 
     done: asyncio.Future[None]
+
+
+@dataclass(slots=True, frozen=True)
+class Degraded:
+    level: int
+    name: str
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class SessionMetrics:
+    payload: dict[str, Any]
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,6 +112,11 @@ class SourceState:
     finals: int = 0
     repaired: int = 0
     flush_done: asyncio.Future[None] | None = None
+    arrivals: Arrivals = field(default_factory=Arrivals)
+    first_partial: LatencyWindow = field(default_factory=LatencyWindow)
+    final_latency: LatencyWindow = field(default_factory=LatencyWindow)
+    compute_ms: float = 0.0
+    last_text_item: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -123,6 +143,8 @@ class Session:
         prompt: str = "",
         overflow: str | None = None,
         outbox: asyncio.Queue[OutboxItem] | None = None,
+        metrics: ServerMetrics | None = None,
+        level: Level = Level.NORMAL,
     ) -> None:
         self.id = "sess_" + uuid.uuid4().hex[:20]
         self.resume_token = secrets.token_urlsafe(24)
@@ -135,6 +157,8 @@ class Session:
         self.transcript: list[TranscriptItem] = []
         self.closing = False
         self.directory = session_dir(settings.data_dir, self.id)
+        self.metrics = metrics
+        self.level = level
         engine_rate = engine.capabilities.sample_rate
         self.sources: dict[str, SourceState] = {}
         for index, name in enumerate(sources):
@@ -155,6 +179,7 @@ class Session:
                 recording=Recording(self.directory / f"{name}.pcm", sample_rate),
             )
         self._tasks: list[asyncio.Task[None]] = []
+        self.degrade(level, announce=False)
 
     @property
     def source_names(self) -> list[str]:
@@ -164,6 +189,7 @@ class Session:
         for state in self.sources.values():
             self._tasks.append(asyncio.create_task(self._feed(state), name=f"feed-{state.name}"))
             self._tasks.append(asyncio.create_task(self._forward(state), name=f"forward-{state.name}"))
+        self._tasks.append(asyncio.create_task(self._report(), name="metrics"))
 
     def ms(self, samples: int) -> int:
         return int(samples * 1000 // self.sample_rate)
@@ -176,6 +202,9 @@ class Session:
         offset = state.recording.append(pcm16)
         audio = pcm16_to_float(pcm16)
         n = len(audio)
+        state.arrivals.add(self.ms(offset + n), time.monotonic())
+        if self.metrics is not None:
+            self.metrics.audio_received.labels(source_kind(state.priority)).inc(n / self.sample_rate)
         if not state.live:
             self._shed(state, offset, offset + n)
             self._notice(state)
@@ -273,6 +302,8 @@ class Session:
 
     def _shed(self, state: SourceState, start: int, end: int) -> None:
         state.dropped_samples += end - start
+        if self.metrics is not None:
+            self.metrics.audio_dropped.labels(source_kind(state.priority)).inc((end - start) / self.sample_rate)
         state.last_drop = time.monotonic()
         spans = state.shed_spans
         if spans and spans[-1][1] >= start:
@@ -376,9 +407,82 @@ class Session:
                     await self.outbox.put(Barrier(state.flush_done))
                     state.flush_done = None
                 continue
+            if isinstance(ev, TextDelta | TextFinal):
+                self._measure(state, ev)
             if isinstance(ev, TextFinal):
                 self._record_final(state, ev)
             await self.outbox.put(SourceEvent(state.name, ev))
+
+    def _measure(self, state: SourceState, ev: TextDelta | TextFinal) -> None:
+        now = time.monotonic()
+        kind = source_kind(state.priority)
+        if ev.item != state.last_text_item and (ev.text if isinstance(ev, TextFinal) else ev.delta or ev.tentative):
+            state.last_text_item = ev.item
+            onset_at = state.arrivals.time_of(ev.start_ms)
+            if onset_at is not None:
+                state.first_partial.add(now - onset_at)
+                if self.metrics is not None:
+                    self.metrics.first_partial.labels(kind).observe(now - onset_at)
+        if isinstance(ev, TextFinal) and not ev.repaired:
+            state.compute_ms += ev.compute_ms
+            if self.metrics is not None:
+                self.metrics.compute.inc(ev.compute_ms / 1000)
+            end_at = state.arrivals.time_of(ev.speech_end_ms if ev.speech_end_ms is not None else ev.end_ms)
+            if end_at is not None:
+                state.final_latency.add(now - end_at)
+                if self.metrics is not None:
+                    self.metrics.final.labels(kind).observe(now - end_at)
+
+    # -- load: metrics and the degrade ladder ----------------------------------------------------------------------
+
+    def degrade(self, level: Level, *, announce: bool = True) -> None:
+        """Apply a step of the degrade ladder to this session (system sources stop live work at SHED_SYSTEM)."""
+        self.level = level
+        for state in self.sources.values():
+            if state.priority > 0:
+                state.live = level < Level.SHED_SYSTEM
+        if announce:
+            try:
+                self.outbox.put_nowait(Degraded(int(level), level.name.lower(), REASONS[level]))
+            except asyncio.QueueFull:
+                log.warning("outbox full; degrade notice skipped")
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        policy = self.engine.policy
+        sources = {}
+        for name, s in self.sources.items():
+            processed_ms = s.stream.audio_ms
+            partials = s.live and s.priority <= policy.partial_max_priority
+            sources[name] = {
+                "received_ms": self.ms(s.recording.samples),
+                "queued_ms": self.ms(s.queued_samples),
+                "processed_ms": round(processed_ms),
+                "dropped_ms": self.ms(s.dropped_samples),
+                "rtf": round(s.compute_ms / processed_ms, 3) if processed_ms else None,
+                "first_partial_latency_ms": s.first_partial.summary_ms(),
+                "final_latency_ms": s.final_latency.summary_ms(),
+                "partial_interval_ms": policy.partial_interval_ms if partials else None,
+                "live": s.live,
+                "backpressure": s.level,
+            }
+        return {
+            "session_id": self.id,
+            "sources": sources,
+            "degrade_level": int(self.level),
+            "degrade": self.level.name.lower(),
+            "engine": self.engine.capabilities.name,
+            "breaker": "closed",
+        }
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL_S)
+            if self.closing:
+                continue
+            try:
+                self.outbox.put_nowait(SessionMetrics(self.metrics_snapshot()))
+            except asyncio.QueueFull:
+                pass  # a slow client misses a metrics tick rather than stalling anything
 
     def _record_final(self, state: SourceState, ev: TextFinal) -> None:
         state.finals += 1

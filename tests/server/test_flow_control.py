@@ -71,9 +71,7 @@ async def test_shed_at_n_plus_one_not_at_n_and_backpressure_rises_and_falls(tmp_
 
 async def test_block_policy_waits_at_n_plus_one(tmp_path: Path) -> None:
     engine = GatedEngine()
-    session = Session(
-        engine=engine, settings=settings(tmp_path), sources=["mic"], sample_rate=16000, overflow="block"
-    )
+    session = Session(engine=engine, settings=settings(tmp_path), sources=["mic"], sample_rate=16000, overflow="block")
     session.start()
     engine.gate.clear()
     try:
@@ -94,9 +92,7 @@ async def test_block_policy_waits_at_n_plus_one(tmp_path: Path) -> None:
 @pytest.mark.parametrize("overflow", ["shed", "block"])
 async def test_large_single_chunk_passes_alone(tmp_path: Path, overflow: str) -> None:
     engine = GatedEngine()
-    session = Session(
-        engine=engine, settings=settings(tmp_path), sources=["mic"], sample_rate=16000, overflow=overflow
-    )
+    session = Session(engine=engine, settings=settings(tmp_path), sources=["mic"], sample_rate=16000, overflow=overflow)
     session.start()
     try:
         await asyncio.wait_for(session.append("mic", b"\x00" * 1000 * MS), 2)  # 1 s > the 400 ms bound

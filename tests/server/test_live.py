@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from typing import Any
 
 import httpx
 import numpy as np
@@ -189,3 +190,35 @@ async def test_clear_drops_untranscribed_audio(server: ServerProcess) -> None:
     finals = " ".join(e["text"] for e in events if e["type"] == "response.done")
     assert "dashwood" not in finals.lower()
     assert wer(librivox_refs()[kept_name], finals) <= 0.15, finals
+
+
+async def test_session_metrics_every_second_and_prometheus(server: ServerProcess) -> None:
+    pcm = read_pcm16(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav") + GAP
+    metrics: list[dict[str, Any]] = []
+    async with LiveClient(server.url, sources=["mic"]) as client:
+        await client.send_audio("mic", pcm)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(metrics) < 2:
+            ev = await client.recv()
+            if ev["type"] == "session.metrics":
+                metrics.append(ev)
+    assert len(metrics) >= 2
+    m = metrics[-1]
+    # The shared server may be on a degrade step after the heavier tests; the figures must be there either way.
+    assert 0 <= m["degrade_level"] <= 6 and m["engine"] == "whisper" and m["breaker"] == "closed"
+    src = m["sources"]["mic"]
+    for key in ("received_ms", "queued_ms", "processed_ms", "dropped_ms", "rtf", "first_partial_latency_ms"):
+        assert key in src
+    assert src["received_ms"] > 0
+    assert src["partial_interval_ms"] is None or 300 <= src["partial_interval_ms"] <= 900
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        text = (await http.get("/metrics")).text
+    for name in (
+        "echopanel_sessions_active",
+        "echopanel_audio_received_seconds_total",
+        "echopanel_first_partial_latency_seconds_bucket",
+        "echopanel_final_latency_seconds_bucket",
+        "echopanel_degrade_level",
+        "echopanel_inference_utilization",
+    ):
+        assert name in text, name

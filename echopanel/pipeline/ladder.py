@@ -1,0 +1,86 @@
+"""The degrade ladder and adaptive cadence: pure functions of measured load and the clock (tested without sleeps).
+
+Load is measured, not inferred from event timing: ``utilization`` is the share of inference capacity spent
+computing over the last window (busy worker-seconds / (workers x window)), ``final_wait_s`` the p95 time a final
+decode waited for a worker. The ladder climbs one step when load stays high for ``up_after_s`` and descends one
+step when it stays low for ``down_after_s``; the gap between the two thresholds and the two delays is the
+hysteresis that keeps it from flapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Level(IntEnum):
+    NORMAL = 0
+    SLOW_PARTIALS = 1  # partial cadence x3
+    NO_SYSTEM_PARTIALS = 2  # partials only for the microphone
+    NO_PARTIALS = 3  # finals only
+    CHEAP_FINALS = 4  # greedy finals (beam 1)
+    SHED_SYSTEM = 5  # system audio is recorded only; transcribed from the recording at finalization
+    FALLBACK = 6  # the fallback engine carries the load (resilience work; not reached yet)
+
+
+REASONS = {
+    Level.NORMAL: "load is normal",
+    Level.SLOW_PARTIALS: "high load: partial results less often",
+    Level.NO_SYSTEM_PARTIALS: "high load: no partial results for system audio",
+    Level.NO_PARTIALS: "high load: final results only",
+    Level.CHEAP_FINALS: "high load: faster, less accurate final decoding",
+    Level.SHED_SYSTEM: "overload: system audio is recorded and transcribed after the session",
+    Level.FALLBACK: "overload: fallback engine",
+}
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    utilization: float  # 0..1 of inference capacity busy over the window
+    final_wait_s: float  # p95 wait of final decodes for a worker
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    up_utilization: float = 0.90
+    up_final_wait_s: float = 0.60
+    down_utilization: float = 0.55
+    down_final_wait_s: float = 0.20
+    up_after_s: float = 2.0
+    down_after_s: float = 6.0
+    max_level: Level = Level.SHED_SYSTEM
+
+
+class DegradeLadder:
+    def __init__(self, settings: LadderSettings | None = None) -> None:
+        self.s = settings or LadderSettings()
+        self.level = Level.NORMAL
+        self._high_since: float | None = None
+        self._low_since: float | None = None
+
+    def update(self, now: float, load: LoadSample) -> Level | None:
+        """Feed one measurement; returns the new level when it changed."""
+        high = load.utilization >= self.s.up_utilization or load.final_wait_s >= self.s.up_final_wait_s
+        low = load.utilization <= self.s.down_utilization and load.final_wait_s <= self.s.down_final_wait_s
+        self._high_since = (self._high_since if self._high_since is not None else now) if high else None
+        self._low_since = (self._low_since if self._low_since is not None else now) if low else None
+        if self._high_since is not None and now - self._high_since >= self.s.up_after_s:
+            if self.level < self.s.max_level:
+                self.level = Level(self.level + 1)
+                self._high_since = now  # the next step needs another full period of high load
+                return self.level
+        if self._low_since is not None and now - self._low_since >= self.s.down_after_s:
+            if self.level > Level.NORMAL:
+                self.level = Level(self.level - 1)
+                self._low_since = now
+                return self.level
+        return None
+
+
+def partial_interval_ms(base_ms: int, level: Level, utilization: float) -> int:
+    """Adaptive cadence: fast partials when idle, fewer and larger as measured load rises."""
+    if level >= Level.SLOW_PARTIALS:
+        return base_ms * 3
+    # Below the ladder: stretch smoothly from 1x at 50 % utilization to 2x at 90 %.
+    stretch = min(1.0, max(0.0, (utilization - 0.5) / 0.4))
+    return int(base_ms * (1.0 + stretch))

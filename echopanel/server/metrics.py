@@ -1,0 +1,92 @@
+"""Metrics: bounded latency windows for ``session.metrics``, and the Prometheus figures for ``/metrics``."""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class LatencyWindow:
+    """The last ``size`` latencies (seconds), with percentiles. Bounded."""
+
+    def __init__(self, size: int = 200) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    def percentile(self, q: float) -> float | None:
+        if not self.values:
+            return None
+        ordered = sorted(self.values)
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+    def summary_ms(self) -> dict[str, int | None]:
+        p50, p95 = self.percentile(0.5), self.percentile(0.95)
+        return {
+            "p50": None if p50 is None else round(p50 * 1000),
+            "p95": None if p95 is None else round(p95 * 1000),
+        }
+
+
+class Arrivals:
+    """When each stretch of a source's audio arrived (monotonic time), for the last ``size`` chunks. Bounded."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._ends: deque[int] = deque(maxlen=size)  # end of each chunk, ms of the source clock
+        self._times: deque[float] = deque(maxlen=size)
+
+    def add(self, end_ms: int, at: float) -> None:
+        self._ends.append(end_ms)
+        self._times.append(at)
+
+    def time_of(self, ms: int) -> float | None:
+        """Arrival time of the chunk that contained ``ms`` (None if it is older than the window)."""
+        ends = self._ends
+        if not ends or ms < ends[0] - 10_000:
+            return None
+        i = bisect.bisect_left(ends, ms)
+        if i >= len(ends):
+            return None
+        return self._times[i]
+
+
+class ServerMetrics:
+    """Prometheus figures aggregated over every session (one registry per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_active = Gauge("echopanel_sessions_active", "Sessions open now", registry=r)
+        self.sessions_refused = Counter("echopanel_sessions_refused", "Sessions refused at the limit", registry=r)
+        self.audio_received = Counter("echopanel_audio_received_seconds", "Audio accepted", ["source_kind"], registry=r)
+        self.audio_dropped = Counter(
+            "echopanel_audio_dropped_seconds", "Audio shed from live transcription", ["source_kind"], registry=r
+        )
+        self.compute = Counter("echopanel_compute_seconds", "Inference time spent", registry=r)
+        self.first_partial = Histogram(
+            "echopanel_first_partial_latency_seconds",
+            "Speech onset received -> first text of the utterance",
+            ["source_kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.final = Histogram(
+            "echopanel_final_latency_seconds",
+            "End of speech received -> final result",
+            ["source_kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.degrade_level = Gauge("echopanel_degrade_level", "Current step of the degrade ladder", registry=r)
+        self.utilization = Gauge("echopanel_inference_utilization", "Share of inference capacity busy", registry=r)
+        self.final_wait = Gauge("echopanel_final_wait_p95_seconds", "p95 wait of final decodes", registry=r)
+        self.partial_interval = Gauge("echopanel_partial_interval_seconds", "Current partial cadence", registry=r)
+
+
+def source_kind(priority: int) -> str:
+    return "mic" if priority == 0 else "system"

@@ -254,6 +254,41 @@ def start_server(
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+class ContentionMonitor:
+    """How much CPU *other* processes used meanwhile (not this bench, not the server): a noisy-neighbour check.
+
+    ``other_cpus()`` is the average number of CPUs busy outside this process tree and ``server_pid``'s since the
+    last ``reset()``; anything well above ~0.1 means the figures were measured on a shared, loaded machine.
+    """
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.cpus = psutil.cpu_count() or 1
+        self.reset()
+
+    def _busy(self) -> float:
+        t = psutil.cpu_times()
+        # guest time is already inside user/nice; steal is the hypervisor's, not a neighbour process's
+        skipped = ("idle", "iowait", "steal", "guest", "guest_nice")
+        return sum(getattr(t, f) for f in t._fields if f not in skipped)
+
+    def _ours(self) -> float:
+        ours = process_tree_cpu(os.getpid())
+        return ours + (process_tree_cpu(self.server_pid) if self.server_pid is not None else 0.0)
+
+    def reset(self) -> None:
+        self._t0 = time.monotonic()
+        self._busy0 = self._busy()
+        self._ours0 = self._ours()
+
+    def other_cpus(self) -> float:
+        wall = time.monotonic() - self._t0
+        if wall <= 0:
+            return 0.0
+        other = (self._busy() - self._busy0) - (self._ours() - self._ours0)
+        return max(0.0, other / wall)
+
+
 def describe_close(ws: Any) -> dict[str, Any]:
     """How a websockets client connection ended: code, reason, and which side sent the first close frame."""
     if ws is None:

@@ -24,7 +24,8 @@ What it measures
 How to run (from the repository root)
     .venv/bin/python -m bench.latency                 # starts its own server (port 0), 3 runs = 3 sessions
     .venv/bin/python -m bench.latency --runs 1 --json /tmp/latency.json
-    .venv/bin/python -m bench.latency --url ws://127.0.0.1:8765/v1/live   # an already running server (no CPU figure)
+    .venv/bin/python -m bench.latency --url ws://127.0.0.1:8765/v1/live --server-pid 1234   # a running server
+    (``.venv/bin/python bench/latency.py ...`` works too.)
 
 Targets: first-partial p50 <= 0.6 s, final p50 <= 0.8 s, streamed WER <= 1.1 x offline WER.
 """
@@ -37,18 +38,23 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jiwer
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also runnable as bench/latency.py
+
 from bench.common import (
     SAMPLE_RATE,
-    ServerProcess,
+    ContentionMonitor,
     fmt,
+    git_state,
     librivox_files,
     normalize,
     percentile,
+    process_tree_cpu,
     start_server,
     wer,
     write_json,
@@ -69,6 +75,7 @@ MIN_RUN_FRAMES = 3  # ... in runs of at least this many frames (60 ms)
 TARGET_FIRST_PARTIAL_P50_S = 0.6
 TARGET_FINAL_P50_S = 0.8
 TARGET_WER_RATIO = 1.1
+MAX_LOG_LINES = 20  # server warning lines printed at the end
 
 
 @dataclass(frozen=True)
@@ -111,9 +118,11 @@ class Session:
     started_at: dict[str, float]
     stopped_at: dict[str, float]
     compute_ms: dict[str, float]
+    notices: list[dict[str, Any]]  # session.degraded / backpressure events (none expected at real-time pace)
     wall_s: float
     server_cpu_s: float | None
     close_code: int | None
+    other_cpus: float  # CPUs busy in other processes meanwhile (with --url and no --server-pid: server included)
 
     def done_items(self) -> list[ItemView]:
         done = (i for i in self.view.items.values() if i.done_at is not None)
@@ -142,6 +151,8 @@ class RunResult:
     violations: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     close_code: int | None = None
+    notices: list[dict[str, Any]] = field(default_factory=list)
+    other_cpus: float = 0.0
 
 
 # -- the stream ------------------------------------------------------------------------------------------------------
@@ -197,12 +208,13 @@ def build_stream(
 # -- one session -----------------------------------------------------------------------------------------------------
 
 
-async def stream_session(url: str, pcm: bytes, server: ServerProcess | None) -> Session:
+async def stream_session(url: str, pcm: bytes, server_pid: int | None) -> Session:
     """Stream ``pcm`` at real-time pace as one session; record when each chunk left and each event arrived."""
     sent_at: dict[int, float] = {}
     started_at: dict[str, float] = {}
     stopped_at: dict[str, float] = {}
     compute_ms: dict[str, float] = {}
+    notices: list[dict[str, Any]] = []
 
     def on_chunk(source: str, offset: int, now: float) -> None:
         sent_at[offset] = now
@@ -215,8 +227,11 @@ async def stream_session(url: str, pcm: bytes, server: ServerProcess | None) -> 
             stopped_at.setdefault(ev["item_id"], time.monotonic())
         elif kind == "response.done":
             compute_ms[ev["item_id"]] = float(ev.get("compute_ms") or 0.0)
+        elif kind in ("session.degraded", "input_audio_buffer.backpressure"):
+            notices.append(ev)
 
-    cpu0 = server.cpu_seconds() if server else None
+    cpu0 = process_tree_cpu(server_pid) if server_pid is not None else None
+    neighbours = ContentionMonitor(server_pid)
     wall0 = time.monotonic()
     async with LiveClient(url, sources=[SOURCE], sample_rate=SAMPLE_RATE) as client:
         view = await transcribe(
@@ -224,8 +239,9 @@ async def stream_session(url: str, pcm: bytes, server: ServerProcess | None) -> 
         )
         close_code = client.close_code
     wall = time.monotonic() - wall0
-    cpu = server.cpu_seconds() - cpu0 if server is not None and cpu0 is not None else None
-    return Session(view, sent_at, started_at, stopped_at, compute_ms, wall, cpu, close_code)
+    cpu = process_tree_cpu(server_pid) - cpu0 if server_pid is not None and cpu0 is not None else None
+    other = neighbours.other_cpus()
+    return Session(view, sent_at, started_at, stopped_at, compute_ms, notices, wall, cpu, close_code, other)
 
 
 def measure(session: Session, sentences: list[Sentence]) -> list[SentenceResult]:
@@ -280,6 +296,8 @@ def run_result(run: int, session: Session, pcm: bytes, sentences: list[Sentence]
         violations=list(session.view.violations),
         errors=list(session.view.errors),
         close_code=session.close_code,
+        notices=session.notices,
+        other_cpus=session.other_cpus,
     )
 
 
@@ -327,12 +345,14 @@ def print_run(r: RunResult) -> None:
         )
     print(
         f"WER {r.wer:.2%}  RTF(compute_ms) {r.rtf:.3f}  RTF(server CPU) {fmt(r.cpu_rtf)}  "
-        f"violations {len(r.violations)}  errors {len(r.errors)}"
+        f"violations {len(r.violations)}  errors {len(r.errors)}  other processes {r.other_cpus:.2f} CPUs"
     )
     for v in r.violations:
         print(f"  violation: {v}")
     for e in r.errors:
         print(f"  error: {e}")
+    for n in r.notices:
+        print(f"  notice: {n}")
 
 
 def _latencies(results: list[list[SentenceResult]]) -> tuple[list[float], list[float], int]:
@@ -370,6 +390,7 @@ def summarize(runs: list[RunResult], offline_wer: float, sentences: list[Sentenc
         "wer_ratio": ratio,
         "violations": sum(len(r.violations) for r in runs),
         "errors": sum(len(r.errors) for r in runs),
+        "other_cpus_max": max(r.other_cpus for r in runs),
         "pass": {
             "first_partial_p50": percentile(first, 50) <= TARGET_FIRST_PARTIAL_P50_S,
             "final_p50": percentile(final, 50) <= TARGET_FINAL_P50_S,
@@ -408,18 +429,21 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     print(f"{'delta/final violations':<32} {summary['violations']:>8}")
     print(f"{'server error events':<32} {summary['errors']:>8}")
+    busy = summary["other_cpus_max"]
+    warn = "   !! a loaded machine: latency and RTF figures are pessimistic" if busy > 0.2 else ""
+    print(f"{'other processes, max CPUs':<32} {busy:>8.2f}{warn}")
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
 
 
 async def run_all(
-    url: str, runs: int, server: ServerProcess | None
+    url: str, runs: int, server_pid: int | None
 ) -> tuple[list[RunResult], list[Sentence], list[Sentence]]:
     pcm, sentences, alt = build_stream()
     results = []
     for n in range(1, runs + 1):
-        session = await stream_session(url, pcm, server)
+        session = await stream_session(url, pcm, server_pid)
         result = run_result(n, session, pcm, sentences, alt)
         print_run(result)
         results.append(result)
@@ -432,11 +456,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="sessions to stream, one after another (default 3)")
     parser.add_argument("--url", help="use this running server (ws://HOST:PORT/v1/live) instead of starting one")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, for its CPU time")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
+    version = git_state()
+    print(f"checkout {version}")
     print("offline reference decode (faster-whisper, beam 5, whole files)...", file=sys.stderr)
     offline_texts, offline_wer = offline_decode()
     print(f"offline WER {offline_wer:.2%}")
@@ -445,15 +472,17 @@ def main(argv: list[str] | None = None) -> int:
 
     server_log: list[str] = []
     if args.url:
-        runs, sentences, alt = asyncio.run(run_all(args.url, args.runs, None))
+        runs, sentences, alt = asyncio.run(run_all(args.url, args.runs, args.server_pid))
     else:
         with start_server() as server:
-            runs, sentences, alt = asyncio.run(run_all(server.url, args.runs, server))
+            runs, sentences, alt = asyncio.run(run_all(server.url, args.runs, server.pid))
             server_log = server.warnings
     summary = summarize(runs, offline_wer, sentences)
     print_summary(summary)
-    for line in server_log:
+    for line in server_log[:MAX_LOG_LINES]:
         print(f"server: {line}")
+    if len(server_log) > MAX_LOG_LINES:
+        print(f"server: ... {len(server_log) - MAX_LOG_LINES} more warning lines (all in --json)")
     if args.json:
         write_json(
             args.json,
@@ -466,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                     "speech_db": SPEECH_DB,
                     "floor_margin_db": FLOOR_MARGIN_DB,
                     "url": args.url or "spawned",
+                    "checkout": version,
                 },
                 "sentences": [asdict(s) for s in sentences],
                 "sentences_peak35": [asdict(s) for s in alt],

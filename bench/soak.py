@@ -24,6 +24,10 @@ How to run (from the repository root)
     .venv/bin/python -m bench.soak                        # 30 minutes of audio; takes a few minutes of wall time
     .venv/bin/python -m bench.soak --minutes 5 --json /tmp/soak.json
     .venv/bin/python -m bench.soak --url ws://127.0.0.1:8765/v1/live --server-pid 1234   # a running server
+    (``.venv/bin/python bench/soak.py ...`` works too.)
+
+    A connection closed with 1011 "keepalive ping timeout" means the websocket keepalive ping/pong waited behind
+    the audio held in the socket buffers for longer than the ping timeout (the server then drops the session).
 """
 
 from __future__ import annotations
@@ -34,13 +38,18 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jiwer
+from websockets.exceptions import ConnectionClosed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also runnable as bench/soak.py
 
 from bench.common import (
     PHONE,
     SAMPLE_RATE,
+    ContentionMonitor,
     ServerProcess,
     cards_files,
     describe_close,
@@ -64,6 +73,7 @@ SAMPLE_EVERY_S = 2.0
 WINDOW_MIN = 5.0  # first / last minutes compared
 TARGET_GROWTH_MB = 50.0
 MB = 1024 * 1024
+MAX_LOG_LINES = 20  # server warning lines printed at the end
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class Sample:
     transcribed_min: float
     rss_mb: float
     cpu_s: float
+    other_cpus: float  # CPUs busy in other processes since the previous sample
     phase: str  # "streaming" or "closed" (after the session ended)
 
 
@@ -123,6 +134,7 @@ class MinuteRow:
     mean_compute_ms: float | None
     compute_ms_per_audio_s: float | None
     wer: float | None
+    other_cpus: float | None  # mean CPUs busy in other processes while the server was on this minute
 
 
 @dataclass
@@ -138,6 +150,7 @@ class SoakResult:
     backpressure: dict[str, int] = field(default_factory=dict)
     session_stats: dict[str, Any] = field(default_factory=dict)
     close: dict[str, Any] = field(default_factory=dict)  # code, reason, closed_by
+    degraded: list[dict[str, Any]] = field(default_factory=list)  # session.degraded events, if the server sends any
 
 
 # -- the stream ------------------------------------------------------------------------------------------------------
@@ -175,17 +188,31 @@ def build_stream(minutes: float, seed: int = 1) -> tuple[bytes, list[Placed]]:
 
 async def stream(
     url: str, pcm: bytes, pid: int | None, *, overflow: str | None, chunk_ms: int
-) -> tuple[TranscriptView, list[Sample], list[Final], float, dict[str, Any]]:
+) -> tuple[TranscriptView, list[Sample], list[Final], list[dict[str, Any]], float, dict[str, Any]]:
     sent = [0]
     last_done_ms = [0]
     finals: list[Final] = []
     samples: list[Sample] = []
+    degraded: list[dict[str, Any]] = []
+    views: list[TranscriptView] = []
 
     def on_chunk(source: str, offset: int, now: float) -> None:
         sent[0] = offset
 
     def on_event(ev: dict[str, Any], view: TranscriptView) -> None:
-        if ev.get("type") == "response.done":
+        if not views:
+            views.append(view)  # kept so the report survives a connection that dies mid-stream
+        if ev.get("type") == "session.degraded":
+            degraded.append(
+                {
+                    "wall_s": round(time.monotonic() - started, 1),
+                    "transcribed_min": round(last_done_ms[0] / 60_000, 2),
+                    "level": ev.get("level"),
+                    "name": ev.get("name"),
+                    "reason": ev.get("reason"),
+                }
+            )
+        elif ev.get("type") == "response.done":
             finals.append(
                 Final(
                     ev["item_id"],
@@ -199,6 +226,8 @@ async def stream(
             last_done_ms[0] = max(last_done_ms[0], int(ev["end_ms"]))
 
     started = time.monotonic()
+    neighbours = ContentionMonitor(pid)
+    overall = ContentionMonitor(pid)
 
     def take_sample(phase: str = "streaming") -> None:
         if pid is None:
@@ -210,9 +239,11 @@ async def stream(
                 transcribed_min=last_done_ms[0] / 60_000,
                 rss_mb=process_tree_rss(pid) / MB,
                 cpu_s=process_tree_cpu(pid),
+                other_cpus=neighbours.other_cpus(),
                 phase=phase,
             )
         )
+        neighbours.reset()
 
     async def sampler() -> None:
         while True:
@@ -233,19 +264,24 @@ async def stream(
             await client.open()
         try:
             print(f"session {client.session.get('id')} limits {client.session.get('limits')}", file=sys.stderr)
-            view = await transcribe(
-                client, {SOURCE: pcm}, realtime=False, chunk_ms=chunk_ms, on_event=on_event, on_chunk=on_chunk
-            )
+            try:
+                view = await transcribe(
+                    client, {SOURCE: pcm}, realtime=False, chunk_ms=chunk_ms, on_event=on_event, on_chunk=on_chunk
+                )
+            except ConnectionClosed as exc:
+                print(f"connection lost while streaming: {exc}", file=sys.stderr)
+                view = views[0] if views else TranscriptView()
         finally:
             await client.disconnect()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     wall = time.monotonic() - started
+    other = overall.other_cpus()
     take_sample("closed")  # right after the session closed
     await asyncio.sleep(SAMPLE_EVERY_S)
     take_sample("closed")
-    return view, samples, finals, wall, describe_close(client.ws)
+    return view, samples, finals, degraded, wall, {**describe_close(client.ws), "other_cpus": other}
 
 
 # -- analysis --------------------------------------------------------------------------------------------------------
@@ -285,7 +321,8 @@ def analyse(
     rows: list[MinuteRow] = []
     for m in range(n_minutes):
         in_minute = [f for f in finals if f.minute == m]
-        rss = [s.rss_mb for s in samples if m <= s.transcribed_min < m + 1]
+        here = [s for s in samples if s.phase == "streaming" and m <= s.transcribed_min < m + 1]
+        rss = [s.rss_mb for s in here]
         per_utt, per_s = _cost(in_minute)
         rows.append(
             MinuteRow(
@@ -295,6 +332,7 @@ def analyse(
                 mean_compute_ms=per_utt,
                 compute_ms_per_audio_s=per_s,
                 wer=_window_wer(finals, placed, m * 60_000, (m + 1) * 60_000),
+                other_cpus=_mean([s.other_cpus for s in here]),
             )
         )
     during = [s for s in samples if s.phase == "streaming"]
@@ -338,11 +376,14 @@ def analyse(
 
 
 def print_report(r: SoakResult) -> None:
-    print(f"\n{'minute':>6} {'RSS MB':>8} {'finals':>7} {'mean compute_ms':>16} {'compute ms/audio s':>19} {'WER':>7}")
+    print(
+        f"\n{'minute':>6} {'RSS MB':>8} {'finals':>7} {'mean compute_ms':>16} {'compute ms/audio s':>19} {'WER':>7} "
+        f"{'other CPUs':>10}"
+    )
     for row in r.rows:
         print(
             f"{row.minute:>6} {fmt(row.rss_mb, '.1f'):>8} {row.finals:>7} {fmt(row.mean_compute_ms, '.1f'):>16} "
-            f"{fmt(row.compute_ms_per_audio_s, '.1f'):>19} {pct(row.wer):>7}"
+            f"{fmt(row.compute_ms_per_audio_s, '.1f'):>19} {pct(row.wer):>7} {fmt(row.other_cpus, '.2f'):>10}"
         )
     s = r.summary
     first, last = s["first_window"], s["last_window"]
@@ -352,6 +393,9 @@ def print_report(r: SoakResult) -> None:
         f"\n== soak: {s['audio_minutes']:g} min of audio in {r.wall_s:.0f} s wall ({audio_s / r.wall_s:.1f}x real "
         f"time); connection closed by {r.close.get('closed_by')}: {r.close.get('code')} {r.close.get('reason')!r}"
     )
+    busy = r.close.get("other_cpus", 0.0)
+    warn = "  !! a loaded machine: cost figures are pessimistic" if busy > 0.2 else ""
+    print(f"other processes used {busy:.2f} CPUs on average while streaming{warn}")
     if r.session_stats == {}:
         print("!! no session.summary arrived: the session did not end normally")
     print(f"{'RSS idle (before the session)':<44} {fmt(s['rss_idle_mb'], '.1f', ' MB')}")
@@ -388,6 +432,12 @@ def print_report(r: SoakResult) -> None:
         print(f"  error: {e}")
     levels = ", ".join(f"{k} {v}" for k, v in sorted(r.backpressure.items())) or "none"
     print(f"{'backpressure notices':<44} {levels}")
+    print(f"{'session.degraded events':<44} {len(r.degraded)}")
+    for d in r.degraded:
+        print(
+            f"  at {d['wall_s']:.1f} s wall, audio minute {d['transcribed_min']:.2f}: level {d['level']} "
+            f"{d['name']} ({d['reason']})"
+        )
     print(f"{'session stats':<44} {r.session_stats}")
 
 
@@ -400,7 +450,9 @@ def run(args: argparse.Namespace, url: str, server: ServerProcess | None) -> Soa
     print(f"streaming {minutes:.1f} min of audio ({len(placed)} clips, {len(pcm) / MB:.1f} MB PCM16)", file=sys.stderr)
     pid = server.pid if server is not None else args.server_pid
     overflow = None if args.overflow == "default" else args.overflow
-    view, samples, finals, wall, close = asyncio.run(stream(url, pcm, pid, overflow=overflow, chunk_ms=args.chunk_ms))
+    view, samples, finals, degraded, wall, close = asyncio.run(
+        stream(url, pcm, pid, overflow=overflow, chunk_ms=args.chunk_ms)
+    )
     rows, summary = analyse(minutes, samples, finals, placed)
     backpressure: dict[str, int] = {}
     for ev in getattr(view, "backpressure", []):
@@ -418,6 +470,7 @@ def run(args: argparse.Namespace, url: str, server: ServerProcess | None) -> Soa
         backpressure=backpressure,
         session_stats={k: {n: v for n, v in s.items() if n != "shed_spans"} for k, s in stats.items()},
         close=close,
+        degraded=degraded,
     )
 
 
@@ -451,10 +504,10 @@ def main(argv: list[str] | None = None) -> int:
             server_log = server.warnings
             server_tail = list(server.log)[-15:]
     print_report(result)
-    for line in server_log[:20]:
+    for line in server_log[:MAX_LOG_LINES]:
         print(f"server: {line}")
-    if len(server_log) > 20:
-        print(f"server: ... {len(server_log) - 20} more warning lines")
+    if len(server_log) > MAX_LOG_LINES:
+        print(f"server: ... {len(server_log) - MAX_LOG_LINES} more warning lines (all in --json)")
     if result.close.get("code") != 1000 and server_tail:
         print("server log, last lines:")
         for line in server_tail:

@@ -22,7 +22,7 @@ class RecognizerSettings:
     max_utterance_ms: int = 15_000  # hard cut: force-commit before Whisper's 30 s window
     min_utterance_ms: int = 200  # shorter voice blips are dropped without an item
     first_partial_ms: int = 300  # speech needed before the first partial decode
-    partial_interval_ms: int = 300  # cadence of partial re-decodes while someone speaks
+    partial_interval_ms: int = 500  # base cadence of partial re-decodes while someone speaks (load stretches it)
     # Previous final text given to the decoder as a prompt. Off by default: on our fixtures a context prompt made
     # tiny.en invent words at clip ends ("Thank you so much."); see docs/architecture.md.
     context_chars: int = 0
@@ -38,7 +38,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "echopanel")
     model_dir: Path | None = None  # None: the packaged Whisper tiny.en
     inference_workers: int = 2  # decodes run in parallel on one shared model
-    cpu_threads_per_worker: int = 1
+    cpu_threads_per_worker: int = 2  # measured best throughput on 2 cores (bench notes in docs/architecture.md)
     max_message_bytes: int = 1 << 20  # larger WebSocket messages close the connection with 1009
     mic_queue_ms: int = 4_000  # audio waiting for the recognizer, first (highest-priority) source
     system_queue_ms: int = 2_000  # the same for every other source: they shed first

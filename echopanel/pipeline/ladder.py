@@ -1,10 +1,12 @@
 """The degrade ladder and adaptive cadence: pure functions of measured load and the clock (tested without sleeps).
 
-Load is measured, not inferred from event timing: ``utilization`` is the share of inference capacity spent
-computing over the last window (busy worker-seconds / (workers x window)), ``final_wait_s`` the p95 time a final
-decode waited for a worker. The ladder climbs one step when load stays high for ``up_after_s`` and descends one
-step when it stays low for ``down_after_s``; the gap between the two thresholds and the two delays is the
-hysteresis that keeps it from flapping.
+Load is measured compute, not inferred from event timing. Partial re-decodes are best-effort filler that soaks up
+idle capacity, so high total utilization alone is not overload (it only stretches the partial cadence). Overload is:
+final decodes waiting for a worker (``final_wait_s``, p95), finals alone taking most of the capacity
+(``final_utilization``: busy worker-seconds of finals / (workers x window)), or partials no longer served on time
+(``partial_wait_s``, p95). The ladder climbs one step when load stays high for ``up_after_s`` and descends one step
+when it stays low for ``down_after_s``; the gap between the two thresholds and the two delays is the hysteresis that
+keeps it from flapping.
 """
 
 from __future__ import annotations
@@ -36,18 +38,24 @@ REASONS = {
 
 @dataclass(frozen=True)
 class LoadSample:
-    utilization: float  # 0..1 of inference capacity busy over the window
+    utilization: float  # 0..1 of inference capacity busy over the window (all decodes)
     final_wait_s: float  # p95 wait of final decodes for a worker
+    final_utilization: float = 0.0  # 0..1 of capacity spent on final decodes
+    partial_wait_s: float = 0.0  # p95 wait of partial decodes for a worker
 
 
 @dataclass(frozen=True)
 class LadderSettings:
-    up_utilization: float = 0.90
-    up_final_wait_s: float = 0.60
-    down_utilization: float = 0.55
+    up_final_wait_s: float = 0.50
+    up_final_utilization: float = 0.92  # wall time of contended decodes: ~2x their cost when both workers run
+    up_partial_wait_s: float = 1.0
     down_final_wait_s: float = 0.20
+    down_final_utilization: float = 0.50
+    down_partial_wait_s: float = 0.35
     up_after_s: float = 2.0
-    down_after_s: float = 6.0
+    shed_after_s: float = 6.0  # the one lossy step (live system audio off) needs longer sustained overload
+    down_after_s: float = 4.0
+    settle_s: float = 3.0  # after a step, measurements from before it (the window) are not held against the new level
     max_level: Level = Level.SHED_SYSTEM
 
 
@@ -57,22 +65,37 @@ class DegradeLadder:
         self.level = Level.NORMAL
         self._high_since: float | None = None
         self._low_since: float | None = None
+        self._changed_at = -1e9
 
     def update(self, now: float, load: LoadSample) -> Level | None:
         """Feed one measurement; returns the new level when it changed."""
-        high = load.utilization >= self.s.up_utilization or load.final_wait_s >= self.s.up_final_wait_s
-        low = load.utilization <= self.s.down_utilization and load.final_wait_s <= self.s.down_final_wait_s
+        s = self.s
+        high = (
+            load.final_wait_s >= s.up_final_wait_s
+            or load.final_utilization >= s.up_final_utilization
+            or load.partial_wait_s >= s.up_partial_wait_s
+        )
+        low = (
+            load.final_wait_s <= s.down_final_wait_s
+            and load.final_utilization <= s.down_final_utilization
+            and load.partial_wait_s <= s.down_partial_wait_s
+        )
+        if high and now - self._changed_at < s.settle_s:
+            high = False  # the measurement window still covers the previous level: wait for its effect
         self._high_since = (self._high_since if self._high_since is not None else now) if high else None
         self._low_since = (self._low_since if self._low_since is not None else now) if low else None
-        if self._high_since is not None and now - self._high_since >= self.s.up_after_s:
+        hold = s.shed_after_s if self.level + 1 >= Level.SHED_SYSTEM else s.up_after_s
+        if self._high_since is not None and now - self._high_since >= hold:
             if self.level < self.s.max_level:
                 self.level = Level(self.level + 1)
-                self._high_since = now  # the next step needs another full period of high load
+                self._high_since = None  # the next step needs another full period of high load
+                self._changed_at = now
                 return self.level
         if self._low_since is not None and now - self._low_since >= self.s.down_after_s:
             if self.level > Level.NORMAL:
                 self.level = Level(self.level - 1)
-                self._low_since = now
+                self._low_since = None
+                self._changed_at = now
                 return self.level
         return None
 

@@ -55,8 +55,10 @@ class InferenceScheduler:
         self.busy = 0
         self.completed = 0
         self.compute_s_total = 0.0
-        self._running: dict[int, float] = {}  # job seq -> start time
+        self._running: dict[int, tuple[float, int]] = {}  # job seq -> (start time, kind)
+        self.final_compute_s = 0.0
         self.final_waits: deque[tuple[float, float]] = deque(maxlen=512)  # (done at, waited s) of finals
+        self.partial_waits: deque[tuple[float, float]] = deque(maxlen=512)
 
     def start(self) -> None:
         if self._threads:
@@ -82,16 +84,24 @@ class InferenceScheduler:
     def queued(self) -> int:
         return len(self._heap)
 
-    def busy_seconds(self) -> float:
-        """Compute time spent so far, jobs still running included (for utilization over a window)."""
+    def busy_seconds(self) -> tuple[float, float]:
+        """Compute time spent so far (all jobs, finals only), running jobs included: utilization over a window."""
         now = time.monotonic()
         with self._cond:
-            return self.compute_s_total + sum(now - t for t in self._running.values())
+            total = self.compute_s_total + sum(now - t for t, _ in self._running.values())
+            finals = self.final_compute_s + sum(now - t for t, k in self._running.values() if k == JobKind.FINAL)
+        return total, finals
 
     def final_wait_p95(self, since: float) -> float:
+        return self._p95(self.final_waits, since)
+
+    def partial_wait_p95(self, since: float) -> float:
+        return self._p95(self.partial_waits, since)
+
+    def _p95(self, waits: deque[tuple[float, float]], since: float) -> float:
         with self._cond:
-            waits = sorted(w for t, w in self.final_waits if t >= since)
-        return waits[int(0.95 * (len(waits) - 1))] if waits else 0.0
+            recent = sorted(w for t, w in waits if t >= since)
+        return recent[int(0.95 * (len(recent) - 1))] if recent else 0.0
 
     def submit(self, fn: Callable[[], T], *, kind: JobKind, priority: int = 0) -> asyncio.Future[JobResult[T]]:
         loop = asyncio.get_running_loop()
@@ -118,7 +128,7 @@ class InferenceScheduler:
                     continue
                 self.busy += 1
                 started = time.monotonic()
-                self._running[job.key[3]] = started
+                self._running[job.key[3]] = (started, job.key[0])
             try:
                 value = job.fn()
             except BaseException as exc:
@@ -135,7 +145,10 @@ class InferenceScheduler:
                     self.compute_s_total += end - started
                     self._running.pop(job.key[3], None)
                     if job.key[0] == JobKind.FINAL:
+                        self.final_compute_s += end - started
                         self.final_waits.append((end, started - job.enqueued))
+                    else:
+                        self.partial_waits.append((end, started - job.enqueued))
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

@@ -43,7 +43,10 @@ class FlowController:
         self.sessions: set[Session] = set()
         self.utilization = 0.0
         self.final_wait_s = 0.0
-        self._history: list[tuple[float, float]] = []  # (time, busy seconds)
+        self.final_utilization = 0.0
+        self.partial_wait_s = 0.0
+        self.loop_lag_s = 0.0
+        self._history: list[tuple[float, float, float]] = []  # (time, busy seconds, final busy seconds)
 
     @property
     def level(self) -> Level:
@@ -59,30 +62,42 @@ class FlowController:
 
     async def run(self) -> None:
         while True:
+            planned = time.monotonic() + self.tick_s
             await asyncio.sleep(self.tick_s)
+            now = time.monotonic()
+            self.loop_lag_s = max(0.0, now - planned)  # how late the event loop let us run
+            self.metrics.loop_lag.set(self.loop_lag_s)
             try:
-                self.tick(time.monotonic())
+                self.tick(now)
             except Exception:
                 log.exception("flow controller tick failed")
 
     def tick(self, now: float) -> None:
-        busy = self.scheduler.busy_seconds()
-        self._history.append((now, busy))
+        busy, final_busy = self.scheduler.busy_seconds()
+        self._history.append((now, busy, final_busy))
         while len(self._history) > 2 and now - self._history[1][0] >= self.window_s:
             self._history.pop(0)
-        t0, b0 = self._history[0]
-        span = now - t0
-        self.utilization = min(1.0, (busy - b0) / (span * self.scheduler.workers)) if span > 0 else 0.0
-        self.final_wait_s = self.scheduler.final_wait_p95(since=now - self.window_s)
-        changed = self.ladder.update(now, LoadSample(self.utilization, self.final_wait_s))
+        t0, b0, f0 = self._history[0]
+        capacity = (now - t0) * self.scheduler.workers
+        self.utilization = min(1.0, (busy - b0) / capacity) if capacity > 0 else 0.0
+        self.final_utilization = min(1.0, (final_busy - f0) / capacity) if capacity > 0 else 0.0
+        since = now - self.window_s
+        self.final_wait_s = self.scheduler.final_wait_p95(since)
+        self.partial_wait_s = self.scheduler.partial_wait_p95(since)
+        load = LoadSample(self.utilization, self.final_wait_s, self.final_utilization, self.partial_wait_s)
+        changed = self.ladder.update(now, load)
         self.apply(self.ladder.level)
         if changed is not None:
             log.warning(
-                "degrade level %d (%s): utilization %.2f, final wait p95 %.2f s",
+                "degrade level %d (%s): utilization %.2f (finals %.2f), wait p95 final %.2f s partial %.2f s,"
+                " loop lag %.3f s",
                 changed,
                 changed.name.lower(),
                 self.utilization,
+                self.final_utilization,
                 self.final_wait_s,
+                self.partial_wait_s,
+                self.loop_lag_s,
             )
             for session in list(self.sessions):
                 session.degrade(changed)

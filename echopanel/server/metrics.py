@@ -85,6 +85,7 @@ class ServerMetrics:
         self.degrade_level = Gauge("echopanel_degrade_level", "Current step of the degrade ladder", registry=r)
         self.utilization = Gauge("echopanel_inference_utilization", "Share of inference capacity busy", registry=r)
         self.final_wait = Gauge("echopanel_final_wait_p95_seconds", "p95 wait of final decodes", registry=r)
+        self.loop_lag = Gauge("echopanel_event_loop_lag_seconds", "How late the controller's timer fired", registry=r)
         self.partial_interval = Gauge("echopanel_partial_interval_seconds", "Current partial cadence", registry=r)
 
 

@@ -210,7 +210,7 @@ async def test_session_metrics_every_second_and_prometheus(server: ServerProcess
     for key in ("received_ms", "queued_ms", "processed_ms", "dropped_ms", "rtf", "first_partial_latency_ms"):
         assert key in src
     assert src["received_ms"] > 0
-    assert src["partial_interval_ms"] is None or 300 <= src["partial_interval_ms"] <= 900
+    assert src["partial_interval_ms"] is None or 300 <= src["partial_interval_ms"] <= 1500
     async with httpx.AsyncClient(base_url=server.http) as http:
         text = (await http.get("/metrics")).text
     for name in (

@@ -22,6 +22,9 @@ class RecognizerSettings:
     max_utterance_ms: int = 15_000  # hard cut: force-commit before Whisper's 30 s window
     min_utterance_ms: int = 200  # shorter voice blips are dropped without an item
     first_partial_ms: int = 300  # speech needed before the first partial decode
+    # Nothing becomes stable before this much speech: two early decodes of a very short clip can agree on the
+    # wrong words ("How do you marry" for "Had he married"), and stable text can never be taken back.
+    commit_after_ms: int = 1500
     partial_interval_ms: int = 500  # base cadence of partial re-decodes while someone speaks (load stretches it)
     # Previous final text given to the decoder as a prompt. Off by default: on our fixtures a context prompt made
     # tiny.en invent words at clip ends ("Thank you so much."); see docs/architecture.md.
@@ -44,6 +47,7 @@ class Settings:
     system_queue_ms: int = 2_000  # the same for every other source: they shed first
     overflow: str = "shed"  # at a queue bound: "shed" oldest audio (recorded, repaired later) or "block" the socket
     send_timeout_s: float = 10.0  # a client that takes no event for this long is disconnected (1008)
+    idle_timeout_s: float = 300.0  # a connection that sends nothing (not even audio or ping) this long is finalized
     send_queue_events: int = 1024  # server events waiting for a slow client
     max_sources: int = 4
     max_sessions: int = 16  # past it: HTTP 503 + Retry-After (native) or close 1013 (OpenAI dialect)

@@ -38,3 +38,10 @@ def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     """Disconnects clients that take no event for 2 s."""
     with run_server(tmp_path_factory.mktemp("impatient"), env={"ECHOPANEL_SEND_TIMEOUT_S": "2"}) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Ends connections that send nothing for 2 s."""
+    with run_server(tmp_path_factory.mktemp("idle"), env={"ECHOPANEL_IDLE_TIMEOUT_S": "2"}) as srv:
+        yield srv

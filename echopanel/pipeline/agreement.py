@@ -35,6 +35,11 @@ class LocalAgreement:
         text = "".join(self.tentative)
         return text.lstrip() if not self.stable else text
 
+    def observe(self, hypothesis: list[str]) -> None:
+        """Show a hypothesis as tentative without letting it take part in agreement (too early to trust)."""
+        self.tentative = [w for w in hypothesis if _key(w)]
+        self._previous = None
+
     def update(self, hypothesis: list[str]) -> str:
         """Feed the words the decoder produced after the stable prefix; return the newly stable text."""
         hypothesis = [w for w in hypothesis if _key(w)]

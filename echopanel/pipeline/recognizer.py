@@ -324,7 +324,12 @@ class VadStreamingRecognizer(SpeechStream):
         if item is not self._open and not any(x is item for x in self._closed):
             return  # the utterance was cleared while it was being decoded
         hyp = _after_prefix(result.value.text, prefix, len(item.agreement.stable))
-        delta = item.agreement.update(hyp)
+        speech_decoded = utt.audio_start + len(audio) - utt.onset  # speech in the audio this decode saw
+        if speech_decoded < self._s.commit_after_ms * self._ms:
+            item.agreement.observe(hyp)
+            delta = ""
+        else:
+            delta = item.agreement.update(hyp)
         tentative = item.agreement.tentative_text
         rid = response_ids[-1] if response_ids else None
         if delta or tentative != item.last_tentative or rid is not None:

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     COMMIT_EMPTY = "input_audio_buffer_commit_empty"
     TRANSCRIPTION_FAILED = "transcription_failed"
     SESSION_CLOSING = "session_closing"
+    IDLE_TIMEOUT = "idle_timeout"
     INTERNAL_ERROR = "internal_error"
 
 

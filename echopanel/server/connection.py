@@ -84,10 +84,18 @@ class DialectConnection(ABC):
     @abstractmethod
     def error(self, err: ProtocolError) -> dict[str, Any]: ...
 
+    async def on_idle(self) -> None:
+        """The client sent nothing for ``idle_timeout_s``: end the connection (dialects finalize first)."""
+        await self.ws.close(CloseCode.NORMAL, reason="idle timeout")
+
     async def _read_loop(self) -> None:
         while True:
             try:
-                msg = await self.ws.receive()
+                msg = await asyncio.wait_for(self.ws.receive(), self.settings.idle_timeout_s)
+            except TimeoutError:
+                log.info("connection idle for %.0f s: ending it", self.settings.idle_timeout_s)
+                await self.on_idle()
+                return
             except (WebSocketDisconnect, RuntimeError):
                 return
             if msg["type"] == "websocket.disconnect":

@@ -220,6 +220,15 @@ class LiveConnection(DialectConnection):
             )
         )
 
+    async def on_idle(self) -> None:
+        message = f"no message for {self.settings.idle_timeout_s:.0f} s; the session is finalized and closed"
+        await self.outbox.put(error_event(ErrorCode.IDLE_TIMEOUT, message))
+        if self.session is None:
+            await self.drain()
+            await self.ws.close(CloseCode.NORMAL, reason="idle timeout")
+            return
+        await self._close(None)
+
     async def _close(self, event_id: str | None) -> None:
         session = self._require_session()
         await session.finish()

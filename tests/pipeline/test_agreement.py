@@ -40,3 +40,13 @@ def test_punctuation_only_tokens_are_ignored() -> None:
     la = LocalAgreement()
     la.update(split_words(" hello ."))
     assert la.update(split_words(" hello . world")) == "hello"
+
+
+def test_observed_hypotheses_are_tentative_only_and_do_not_vote() -> None:
+    la = LocalAgreement()
+    la.observe(split_words(" How do you marry"))
+    assert la.tentative_text == "How do you marry" and la.stable == []
+    # The first trusted decode does not agree with the observed one: nothing is committed from the early guess.
+    assert la.update(split_words(" How do you marry a")) == ""
+    assert la.update(split_words(" Had he married a more")) == ""
+    assert la.update(split_words(" Had he married a more amiable")) == "Had he married a more"

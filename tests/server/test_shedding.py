@@ -77,3 +77,19 @@ async def test_client_that_never_reads_is_cut_off_without_growing_memory(impatie
     assert elapsed < 30
     assert server_rss_mb(impatient_server) - before < 50
     assert any("client not reading" in line for line in impatient_server.log)
+
+
+async def test_abandoned_session_is_finalized_after_the_idle_timeout(idle_server: ServerProcess) -> None:
+    name = "sense_and_sensibility_01_austen_64kb-0930"
+    pcm = read_pcm16(LIBRIVOX / f"{name}.wav") + b"\x00\x00" * 16000
+    async with LiveClient(idle_server.url, sources=["mic"]) as client:
+        await client.send_audio("mic", pcm)  # then the client goes quiet without session.close
+        start = time.monotonic()
+        events = [ev async for ev in client.events()]
+        waited = time.monotonic() - start
+        assert client.close_code == 1000
+    kinds = [e["type"] for e in events]
+    assert "error" in kinds and events[kinds.index("error")]["code"] == "idle_timeout"
+    assert kinds[-1] == "session.summary"
+    assert wer(librivox_refs()[name], " ".join(t["text"] for t in events[-1]["transcript"])) <= 0.15
+    assert 1.5 <= waited <= 15

@@ -246,7 +246,6 @@ async def main_async(args: argparse.Namespace, url: str, server: ServerProcess |
             rows.append(row)
             print_row(row)
         # Load falls: one session, and the time until the ladder is back at level 0 (full quality).
-        fall = time.monotonic()
         light = asyncio.create_task(run_session(url, pool, 40, seed=7))
         recovered = await wait_for_normal(http, 120)
         recovery = None if recovered is None else round(recovered, 1)

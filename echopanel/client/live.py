@@ -61,6 +61,9 @@ class LiveClient:
             max_size=None,
             open_timeout=self.open_timeout_s,
             ping_interval=20,
+            # With overflow="block" the server stops reading while it catches up, so our ping waits behind our
+            # own audio: never give up on a late pong then (TCP flow control shows the server is alive).
+            ping_timeout=None if self.extra_session.get("overflow") == "block" else 20,
         )
         config = {"sources": self.sources, "sample_rate": self.sample_rate, **self.extra_session}
         event_id = await self.send({"type": "session.create", "session": config})

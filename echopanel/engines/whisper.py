@@ -88,7 +88,9 @@ class WhisperDecoder:
         if final:
             max_new = min(220, int(24 + 10 * seconds))
             beam = beam_size or 5
-            options.update(beam_size=beam, temperature=(0.0, 0.4), word_timestamps=True, max_new_tokens=max_new)
+            # Cheap finals (beam 1, the ladder's step 4) also skip the temperature fallback, which re-decodes.
+            temperature: float | tuple[float, ...] = (0.0, 0.4) if beam > 1 else 0.0
+            options.update(beam_size=beam, temperature=temperature, word_timestamps=True, max_new_tokens=max_new)
         else:
             max_new = min(220, int(12 + 7 * seconds))
             options.update(beam_size=1, temperature=0.0, without_timestamps=True, max_new_tokens=max_new)

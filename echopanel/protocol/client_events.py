@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from echopanel.protocol.errors import ErrorCode, ProtocolError
+from echopanel.protocol.errors import ErrorCode, ProtocolError, load_event
 
 SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 
@@ -118,13 +117,7 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(ClientEvent)
 
 def parse_client_event(text: str) -> tuple[Any, str | None]:
     """Parse one text message. Returns (event, event_id); raises ProtocolError with the event_id it could read."""
-    try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ProtocolError(ErrorCode.INVALID_JSON, "message must be a JSON object")
-    event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
+    raw, event_id = load_event(text)
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.INVALID_EVENT, "missing string field 'type'", param="type", event_id=event_id)

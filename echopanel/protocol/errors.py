@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -44,3 +46,15 @@ class ProtocolError(Exception):
         self.message = message
         self.param = param
         self.event_id = event_id
+
+
+def load_event(text: str) -> tuple[dict[str, Any], str | None]:
+    """Decode one JSON text message into an object; returns it with the ``event_id`` it carries, if any."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "message must be a JSON object")
+    event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
+    return raw, event_id

@@ -13,6 +13,7 @@ from echopanel.events import (
     SpeechStopped,
     TextDelta,
     TextFinal,
+    Word,
     item_id,
 )
 from echopanel.protocol.errors import ErrorCode
@@ -28,6 +29,10 @@ def error_event(
         ev["param"] = param
     ev.update(extra)
     return ev
+
+
+def words_wire(words: tuple[Word, ...]) -> list[dict[str, Any]]:
+    return [{"word": w.text, "start_ms": w.start_ms, "end_ms": w.end_ms, "confidence": w.confidence} for w in words]
 
 
 def to_wire(se: SourceEvent) -> dict[str, Any]:
@@ -54,10 +59,7 @@ def to_wire(se: SourceEvent) -> dict[str, Any]:
             "text": ev.text,
             "start_ms": ev.start_ms,
             "end_ms": ev.end_ms,
-            "words": [
-                {"word": w.text, "start_ms": w.start_ms, "end_ms": w.end_ms, "confidence": w.confidence}
-                for w in ev.words
-            ],
+            "words": words_wire(ev.words),
             "speaker": None,
             "engine": ev.engine,
             "compute_ms": ev.compute_ms,

@@ -7,14 +7,13 @@ extras (tentative text, words, source, speaker) ride as extra fields on those ev
 from __future__ import annotations
 
 import itertools
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from echopanel.protocol.errors import ErrorCode, ProtocolError
+from echopanel.protocol.errors import ErrorCode, ProtocolError, load_event
 
 SAMPLE_RATE = 24000
 
@@ -93,13 +92,7 @@ _EVENTS: dict[str, type[_Event]] = {
 
 
 def parse_event(text: str) -> _Event:
-    try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ProtocolError(ErrorCode.INVALID_JSON, "message must be a JSON object")
-    event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
+    raw, event_id = load_event(text)
     kind = raw.get("type")
     model = _EVENTS.get(kind) if isinstance(kind, str) else None
     if model is None:

@@ -27,6 +27,7 @@ from echopanel.events import (
 )
 from echopanel.protocol import openai_realtime as oa
 from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from echopanel.protocol.native import words_wire
 from echopanel.server.admission import Admission
 from echopanel.server.auth import authorized
 from echopanel.server.connection import DialectConnection
@@ -173,10 +174,7 @@ class RealtimeConnection(DialectConnection):
                 "speaker": None,
                 "start_ms": ev.start_ms,
                 "end_ms": ev.end_ms,
-                "words": [
-                    {"word": w.text, "start_ms": w.start_ms, "end_ms": w.end_ms, "confidence": w.confidence}
-                    for w in ev.words
-                ],
+                "words": words_wire(ev.words),
             }
         if isinstance(ev, ItemFailed):
             return {

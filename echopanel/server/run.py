@@ -12,6 +12,7 @@ import uvicorn
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
 from echopanel.engines.whisper import WhisperEngine
+from echopanel.server import memory
 from echopanel.server.app import create_app
 from echopanel.server.controller import FlowController
 from echopanel.server.metrics import ServerMetrics
@@ -35,8 +36,11 @@ def uvicorn_config(app: object, settings: Settings, sock: socket.socket | None =
         port=settings.port,
         ws="websockets-sansio",
         ws_max_size=settings.max_message_bytes,
+        # Pings keep idle connections alive through NATs, but a late pong never closes a connection: with
+        # overflow="block" we stop reading on purpose, and the client's pong waits behind its own audio. Dead
+        # peers are found by the send timeout and the idle timeout instead (docs/behaviour.md).
         ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws_ping_timeout=None,
         ws_per_message_deflate=False,
         log_level="warning",
         lifespan="off",
@@ -46,6 +50,7 @@ def uvicorn_config(app: object, settings: Settings, sock: socket.socket | None =
 
 async def serve(settings: Settings) -> None:
     started = time.monotonic()
+    memory.limit_arenas()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = await asyncio.to_thread(build_engine, settings)
     await asyncio.to_thread(engine.warmup)
@@ -59,6 +64,7 @@ async def serve(settings: Settings) -> None:
         )
     app = create_app(engine, settings, controller)
     control_task = asyncio.create_task(controller.run()) if controller is not None else None
+    trim_task = asyncio.create_task(_trim_memory())
     server = uvicorn.Server(uvicorn_config(app, settings))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -82,4 +88,11 @@ async def serve(settings: Settings) -> None:
     finally:
         if control_task is not None:
             control_task.cancel()
+        trim_task.cancel()
         engine.close()
+
+
+async def _trim_memory() -> None:
+    while True:
+        await asyncio.sleep(memory.TRIM_EVERY_S)
+        await asyncio.to_thread(memory.trim)

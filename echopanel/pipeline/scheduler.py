@@ -65,7 +65,7 @@ class InferenceScheduler:
             return
         self._stopping = False
         for i in range(self.workers):
-            t = threading.Thread(target=self._worker, name=f"{self.name}-{i}", daemon=True)
+            t = threading.Thread(target=self._worker, args=(i,), name=f"{self.name}-{i}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -113,17 +113,31 @@ class InferenceScheduler:
                 future.set_exception(RuntimeError("inference scheduler is stopped"))
                 return future
             heapq.heappush(self._heap, job)
-            self._cond.notify()
+            self._cond.notify_all()  # a reserved worker may not take it; let every worker look
         return future
 
-    def _worker(self) -> None:
+    def _take(self, max_priority: int | None) -> _Job | None:
+        """The first job in priority order this worker may run (None: nothing eligible)."""
+        if max_priority is None:
+            return heapq.heappop(self._heap) if self._heap else None
+        for job in sorted(self._heap):  # at most one job per stream: small
+            if job.key[1] <= max_priority:
+                self._heap.remove(job)
+                heapq.heapify(self._heap)
+                return job
+        return None
+
+    def _worker(self, index: int) -> None:
+        # With two or more workers, the last one is reserved for the microphone (priority 0): a mic final then
+        # never waits behind system audio's work on it. The others take every job in priority order.
+        reserved = 0 if self.workers > 1 and index == self.workers - 1 else None
         while True:
             with self._cond:
-                while not self._heap and not self._stopping:
+                job = None
+                while not self._stopping and (job := self._take(reserved)) is None:
                     self._cond.wait()
-                if self._stopping:
+                if self._stopping or job is None:
                     return
-                job = heapq.heappop(self._heap)
                 if job.future.cancelled():
                     continue
                 self.busy += 1

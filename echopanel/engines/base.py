@@ -113,7 +113,7 @@ class SpeechStream(ABC):
 
 class SpeechEngine(ABC):
     capabilities: EngineCapabilities
-    policy: DecodePolicy = DecodePolicy()  # engines replace it with their own instance
+    policy: DecodePolicy  # each engine owns one; the flow controller adjusts it
 
     @abstractmethod
     def open_stream(self, options: StreamOptions) -> SpeechStream: ...

@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from echopanel.engines.base import EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions, TurnSettings
+from echopanel.engines.base import (
+    DecodePolicy,
+    EngineCapabilities,
+    SpeechEngine,
+    SpeechStream,
+    StreamOptions,
+    TurnSettings,
+)
 from echopanel.events import Committed, EngineEvent, RequestCompleted
 
 
@@ -58,6 +65,7 @@ class GatedStream(SpeechStream):
 class GatedEngine(SpeechEngine):
     def __init__(self) -> None:
         self.capabilities = EngineCapabilities(name="gated", model="none")
+        self.policy = DecodePolicy()
         self.gate = asyncio.Event()
         self.gate.set()
         self.streams: list[GatedStream] = []

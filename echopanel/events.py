@@ -64,6 +64,9 @@ class TextFinal:
     response_id: str | None = None
     repaired: bool = False  # transcribed at finalization from the recording (its live audio was shed)
     speech_end_ms: int | None = None  # end of the last voiced window (final latency is measured from here)
+    # Cut by a shed span: only the stable text already sent, not decoded; the whole utterance is transcribed again
+    # from the recording at finalization and the repaired item replaces this one in the stored transcript.
+    superseded: bool = False
 
 
 @dataclass(slots=True, frozen=True)

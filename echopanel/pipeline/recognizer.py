@@ -67,6 +67,7 @@ class _Item:
     last_tentative: str = ""
     compute_s: float = 0.0
     response_ids: list[str | None] = field(default_factory=list)
+    cut: bool = False  # began while speech was going on at the end of a shed gap
 
 
 _END = object()
@@ -115,6 +116,7 @@ class VadStreamingRecognizer(SpeechStream):
         self._requests: deque[str | None] = deque()
         self._context = ""
         self._prompt = options.prompt
+        self._gap_end: int | None = None
         self._events: asyncio.Queue[object] = asyncio.Queue(settings.event_queue_size)
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -172,12 +174,23 @@ class VadStreamingRecognizer(SpeechStream):
     async def skip(self, samples: int) -> None:
         self._ensure_task()
         async with self._lock:
-            utt = self._segmenter.gap(samples + len(self._carry))
+            open_item = self._open
+            cut = self._segmenter.discard()
+            self._segmenter.gap(samples + len(self._carry))
             self._carry = np.zeros(0, np.float32)
             self._received += samples
             self._detector.reset()
-            if utt is not None:
-                await self._on_segment(Closed(utt))
+            self._gap_end = self._segmenter.position
+            if cut is not None:
+                # The gap cut this utterance: close it with the stable text already sent, undecoded; the session
+                # transcribes the whole utterance again from the recording.
+                item = open_item if open_item is not None and open_item.utt is cut else _Item(cut)
+                self._open = None
+                if self._partial_job is not None and not self._partial_job.done():
+                    self._partial_job.cancel()
+                cut.end = cut.audio_start + cut.samples
+                await self._emit(SpeechStopped(cut.item, cut.end // self._ms, "gap"))
+                await self._emit(self._superseded(item))
 
     async def configure(self, turns: TurnSettings) -> None:
         async with self._lock:
@@ -244,10 +257,22 @@ class VadStreamingRecognizer(SpeechStream):
     async def _emit(self, ev: EngineEvent) -> None:
         await self._events.put(ev)
 
+    def _superseded(self, item: _Item) -> TextFinal:
+        utt = item.utt
+        end = utt.end if utt.end is not None else utt.audio_start + utt.samples
+        text = item.agreement.stable_text
+        return TextFinal(
+            utt.item, text, utt.audio_start // self._ms, end // self._ms, (), self._decoder.name, 0.0, superseded=True
+        )
+
     async def _on_segment(self, ev: Opened | Closed) -> None:
         utt = ev.utterance
         if isinstance(ev, Opened):
             self._open = _Item(utt)
+            if self._gap_end is not None:
+                # Speech already going on when a shed gap ended: this utterance starts mid-phrase.
+                self._open.cut = utt.onset - self._gap_end <= 3 * WINDOW
+                self._gap_end = None
             await self._emit(SpeechStarted(utt.item, utt.onset // self._ms))
             return
         item = self._open if self._open is not None and self._open.utt is utt else _Item(utt)
@@ -341,6 +366,12 @@ class VadStreamingRecognizer(SpeechStream):
 
     async def _final(self, item: _Item) -> None:
         utt = item.utt
+        if item.cut:
+            if item.last_tentative:
+                end = (utt.end or utt.audio_start) // self._ms
+                await self._emit(TextDelta(utt.item, "", "", utt.onset // self._ms, end))
+            await self._emit(self._superseded(item))
+            return
         audio = utt.audio()
         prefix = item.agreement.stable_text
         context = self._decoder_context()

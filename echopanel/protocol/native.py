@@ -65,6 +65,8 @@ def to_wire(se: SourceEvent) -> dict[str, Any]:
             "compute_ms": ev.compute_ms,
             "repaired": ev.repaired,
         }
+        if ev.superseded:
+            out["superseded"] = True
         if ev.response_id is not None:
             out["response_id"] = ev.response_id
         return out

@@ -117,6 +117,7 @@ class SourceState:
     final_latency: LatencyWindow = field(default_factory=LatencyWindow)
     compute_ms: float = 0.0
     last_text_item: int = 0
+    superseded: list[tuple[int, int]] = field(default_factory=list)  # (start, end) samples of items cut by gaps
 
 
 @dataclass(slots=True, frozen=True)
@@ -407,7 +408,7 @@ class Session:
                     await self.outbox.put(Barrier(state.flush_done))
                     state.flush_done = None
                 continue
-            if isinstance(ev, TextDelta | TextFinal):
+            if isinstance(ev, TextDelta) or (isinstance(ev, TextFinal) and not ev.superseded):
                 self._measure(state, ev)
             if isinstance(ev, TextFinal):
                 self._record_final(state, ev)
@@ -423,7 +424,7 @@ class Session:
                 state.first_partial.add(now - onset_at)
                 if self.metrics is not None:
                     self.metrics.first_partial.labels(kind).observe(now - onset_at)
-        if isinstance(ev, TextFinal) and not ev.repaired:
+        if isinstance(ev, TextFinal) and not (ev.repaired or ev.superseded):
             state.compute_ms += ev.compute_ms
             if self.metrics is not None:
                 self.metrics.compute.inc(ev.compute_ms / 1000)
@@ -485,6 +486,10 @@ class Session:
                 pass  # a slow client misses a metrics tick rather than stalling anything
 
     def _record_final(self, state: SourceState, ev: TextFinal) -> None:
+        if ev.superseded:
+            rate = self.sample_rate
+            state.superseded.append((ev.start_ms * rate // 1000, ev.end_ms * rate // 1000))
+            return
         state.finals += 1
         if ev.repaired:
             state.repaired += 1
@@ -499,7 +504,14 @@ class Session:
         """Transcribe the spans shed under load from the recording, with finals only, and send them as repaired."""
         engine_rate = self.engine.capabilities.sample_rate
         next_item = state.stream.next_item
-        for start, end in list(state.shed_spans):
+        rate = self.sample_rate
+        live = [
+            (t.start_ms * rate // 1000, t.end_ms * rate // 1000)
+            for t in self.transcript
+            if t.source == state.name and not t.repaired
+        ]
+        spans = _widen(state.shed_spans, state.superseded, live, tolerance=rate // 5, bridge=rate * 3 // 2)
+        for start, end in spans:
             pcm = state.recording.read(start, end)
             if not pcm:
                 continue
@@ -530,6 +542,33 @@ class Session:
                     self._record_final(state, ev)
                 await self.outbox.put(SourceEvent(state.name, ev))
             log.info("session %s: repaired %d ms of %s from the recording", self.id, self.ms(end - start), state.name)
+
+
+def _widen(
+    spans: list[list[int]], cut: list[tuple[int, int]], live: list[tuple[int, int]], tolerance: int, bridge: int
+) -> list[tuple[int, int]]:
+    """Shed spans grown to whole utterances, so repair starts and ends at utterance edges.
+
+    A span grows over each utterance it cut (``cut``: superseded live items). Two spans are joined when the kept
+    audio between them is shorter than ``bridge`` and no live final was delivered there (``live``): such short
+    fragments were never transcribed live on their own, and they are in the recording too.
+    """
+    grown = sorted([a, b] for a, b in spans)
+    for s, e in cut:
+        for span in grown:
+            if s <= span[1] + tolerance and e >= span[0] - tolerance:  # the utterance touches this gap
+                span[0], span[1] = min(span[0], s), max(span[1], e)
+    grown.sort()
+    merged: list[list[int]] = []
+    for a, b in grown:
+        if merged:
+            prev_end = merged[-1][1]
+            between_live = any(ls < a and le > prev_end for ls, le in live)
+            if a <= prev_end or (a - prev_end < bridge and not between_live):
+                merged[-1][1] = max(prev_end, b)
+                continue
+        merged.append([a, b])
+    return [(a, b) for a, b in merged]
 
 
 def _shift(ev: TextFinal, offset_ms: int) -> TextFinal:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import psutil
+
+from echopanel import evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "audio"
@@ -70,23 +71,8 @@ def phone_reference() -> str:
 # -- text ------------------------------------------------------------------------------------------------------------
 
 
-def normalize(text: str) -> str:
-    """Lowercase; mr./mrs. spelled out; hyphens to spaces; punctuation except apostrophes removed; spaces collapsed."""
-    t = text.lower()
-    t = re.sub(r"\bmr\.", "mister", t)
-    t = re.sub(r"\bmrs\.", "missus", t)
-    t = t.replace("-", " ")
-    t = re.sub(r"[^\w' ]+", " ", t)
-    t = t.replace("_", " ")
-    return re.sub(r"\s+", " ", t).strip()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref = normalize(reference)
-    hyp = normalize(hypothesis)
-    if not hyp:
-        return 1.0 if ref else 0.0
-    return float(jiwer.wer(ref, hyp))
+normalize = evaluation.normalize
+wer = evaluation.wer
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------

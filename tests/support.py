@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jiwer
+from echopanel.evaluation import normalize as normalize  # re-exported for the tests
+from echopanel.evaluation import wer as wer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
 LIBRIVOX = FIXTURES / "librivox"
@@ -39,19 +40,6 @@ def phone_ref(start_s: float = 0.0) -> str:
         if len(parts) == 6 and float(parts[3]) >= start_s:
             words.append(parts[5])
     return " ".join(words)
-
-
-def normalize(text: str) -> str:
-    t = text.lower()
-    t = re.sub(r"\bmr\.", "mister", t)
-    t = re.sub(r"\bmrs\.", "missus", t)
-    t = t.replace("-", " ")
-    t = re.sub(r"[^a-z0-9' ]+", " ", t)
-    return re.sub(r"\s+", " ", t).strip()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(normalize(reference), normalize(hypothesis) or "<empty>"))
 
 
 @dataclass

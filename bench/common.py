@@ -137,6 +137,14 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    @property
+    def http(self) -> str:
+        return self.url.replace("ws://", "http://").rsplit("/v1/", 1)[0]
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server and its children so far."""
         return process_tree_cpu(self.proc.pid)
@@ -178,19 +186,25 @@ def _tree(pid: int) -> list[psutil.Process]:
 def start_server(
     *,
     env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    data_dir: str | Path | None = None,
     ready_timeout_s: float = 180.0,
     quiet: bool = True,
     keep_data: bool = False,
 ) -> Iterator[ServerProcess]:
-    """Start ``python -m echopanel serve --port 0`` in a temporary data dir; yield once it logged its ready line.
+    """Start ``python -m echopanel serve --port 0 [args]``; yield once it logged its ready line.
+
+    The data dir is ``data_dir`` (kept) or a temporary one (removed on exit unless ``keep_data``). The tests'
+    ``run_server`` uses this too.
 
     Stderr is drained on a thread (lines with WARNING/ERROR/Traceback are kept in ``warnings``, and echoed unless
     ``quiet``). The server gets SIGTERM on exit, then SIGKILL if it has not stopped after 15 s; its data dir
     (session recordings) is removed unless ``keep_data``.
     """
-    data_dir = tempfile.mkdtemp(prefix="echopanel-bench-")
+    keep_data = keep_data or data_dir is not None
+    data_dir = str(data_dir) if data_dir is not None else tempfile.mkdtemp(prefix="echopanel-bench-")
     full_env = {**os.environ, "ECHOPANEL_LOG_LEVEL": "info", **(env or {})}
-    cmd = [sys.executable, "-m", "echopanel", "serve", "--port", "0", "--data-dir", data_dir]
+    cmd = [sys.executable, "-m", "echopanel", "serve", "--port", "0", "--data-dir", data_dir, *args]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,

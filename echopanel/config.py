@@ -20,7 +20,6 @@ class RecognizerSettings:
     hangover_ms: int = 300  # silence that ends an utterance
     soft_max_utterance_ms: int = 10_000  # past this, end the utterance at the next short pause
     max_utterance_ms: int = 15_000  # hard cut: force-commit before Whisper's 30 s window
-    min_utterance_ms: int = 200  # shorter voice blips are dropped without an item
     first_partial_ms: int = 300  # speech needed before the first partial decode
     # Nothing becomes stable before this much speech: two early decodes of a very short clip can agree on the
     # wrong words ("How do you marry" for "Had he married"), and stable text can never be taken back.

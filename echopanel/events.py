@@ -6,7 +6,7 @@ wire events. Times are milliseconds of the source's own audio, counted from its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,14 +81,6 @@ class RequestCompleted:
     """Everything a ``response.create`` asked for has been emitted."""
 
     response_id: str | None
-
-
-@dataclass(slots=True, frozen=True)
-class StreamStats:
-    received_ms: float = 0.0
-    processed_ms: float = 0.0
-    compute_ms: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 EngineEvent = SpeechStarted | SpeechStopped | Committed | TextDelta | TextFinal | ItemFailed | RequestCompleted

@@ -123,7 +123,3 @@ class SpeechEngine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources."""
-
-
-def as_float32(pcm16: bytes) -> np.ndarray:
-    return np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0

@@ -91,7 +91,6 @@ class _Chunk:
 @dataclass(slots=True)
 class SourceState:
     name: str
-    index: int
     priority: int
     stream: SpeechStream
     resampler: StreamResampler
@@ -172,7 +171,6 @@ class Session:
             limit_ms = settings.mic_queue_ms if priority == 0 else settings.system_queue_ms
             self.sources[name] = SourceState(
                 name=name,
-                index=index,
                 priority=priority,
                 stream=stream,
                 resampler=StreamResampler(sample_rate, engine_rate),

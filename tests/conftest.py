@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ServerProcess, run_server
+from support import SMALL_MESSAGE_BYTES, ServerProcess, run_server
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +28,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server that admits one session at a time (limits tested at N and N+1)."""
-    with run_server(tmp_path_factory.mktemp("small"), args=["--max-sessions", "1"]) as srv:
+    """A server with small limits (one session, 64 KiB messages), so limits are tested at N and N+1."""
+    env = {"ECHOPANEL_MAX_MESSAGE_BYTES": str(SMALL_MESSAGE_BYTES)}
+    with run_server(tmp_path_factory.mktemp("small"), env=env, args=["--max-sessions", "1"]) as srv:
         yield srv
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from bench.common import ServerProcess as ServerProcess  # re-exported for the tests
 from bench.common import start_server
@@ -43,3 +46,16 @@ def run_server(
     """A real ``echopanel serve --port 0`` process with its data in ``tmp`` (the benchmarks' launcher)."""
     with start_server(env=env, args=args or (), data_dir=tmp) as server:
         yield server
+
+
+SMALL_MESSAGE_BYTES = 64 * 1024  # the small_server fixture's WebSocket message limit
+
+
+async def wait_until_ready(server: ServerProcess, timeout_s: float = 5.0) -> None:
+    """Wait until the server has a free session slot again (``/ready`` answers 200)."""
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        for _ in range(int(timeout_s / 0.1)):
+            if (await http.get("/ready")).status_code == 200:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError("server never became ready again")

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from websockets.asyncio.client import connect
@@ -10,7 +8,7 @@ from websockets.exceptions import InvalidStatus
 from echopanel.client import LiveClient
 from echopanel.server.admission import Admission
 
-from support import ServerProcess
+from support import ServerProcess, wait_until_ready
 
 
 def test_admission_at_n_and_n_plus_one() -> None:
@@ -39,10 +37,6 @@ async def test_session_n_plus_one_gets_503_with_retry_after(small_server: Server
         await first.send_audio("mic", b"\x00\x00" * 1600)
         pong_id = await first.send({"type": "ping"})
         assert await first.recv() == {"type": "pong", "event_id": pong_id}
-    async with httpx.AsyncClient(base_url=small_server.http) as http:  # the slot is released when the session ends
-        for _ in range(50):
-            if (await http.get("/ready")).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
+    await wait_until_ready(small_server)  # the slot is released when the session ends
     async with LiveClient(small_server.url, sources=["mic"]) as again:
         assert again.session["id"]

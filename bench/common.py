@@ -106,7 +106,9 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
             return None
         return str(o)
 
-    Path(path).write_text(json.dumps(_finite(data), indent=2, default=default) + "\n")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(data), indent=2, default=default) + "\n")
     print(f"wrote {path}")
 
 

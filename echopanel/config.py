@@ -40,7 +40,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "echopanel")
     model_dir: Path | None = None  # None: the packaged Whisper tiny.en
     inference_workers: int = 2  # decodes run in parallel on one shared model
-    cpu_threads_per_worker: int = 2  # measured best throughput on 2 cores (bench notes in docs/architecture.md)
+    cpu_threads_per_worker: int = 1  # 2 workers x 1 thread: best latency under load on 2 cores (docs/architecture.md)
     max_message_bytes: int = 1 << 20  # larger WebSocket messages close the connection with 1009
     mic_queue_ms: int = 4_000  # audio waiting for the recognizer, first (highest-priority) source
     system_queue_ms: int = 2_000  # the same for every other source: they shed first

@@ -48,6 +48,7 @@ class TextDelta:
     start_ms: int
     end_ms: int
     response_id: str | None = None
+    engine: str | None = None  # the engine that decoded this partial (a fallback chain may switch engines)
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,6 +68,9 @@ class TextFinal:
     # Cut by a shed span: only the stable text already sent, not decoded; the whole utterance is transcribed again
     # from the recording at finalization and the repaired item replaces this one in the stored transcript.
     superseded: bool = False
+    # Re-decoded at finalization by the primary engine: the items (numbers, same source) this one replaces, whose
+    # finals came from a fallback engine or failed (every engine down). Set on the first item of a re-decoded span.
+    replaces: tuple[int, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,6 +78,8 @@ class ItemFailed:
     item: int
     code: str
     message: str
+    start_ms: int | None = None  # the utterance's audio (kept in the recording; re-decoded at finalization)
+    end_ms: int | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -36,6 +36,17 @@ class StreamOptions:
     language: str = "en"
     prompt: str = ""  # text the client gives to guide the decoder (names, terms)
     partials: bool = True  # False: finals only (repair, batch work)
+    primary_only: bool = False  # fallback chains: decode with the first engine only (re-decoding fallback items)
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Which engine takes new work and the state of the primary's circuit breaker (session.metrics, /metrics)."""
+
+    engine: str  # the engine new decodes go to now
+    breaker: str = "closed"  # the primary engine's breaker: closed | open | half_open
+    breakers: dict[str, str] | None = None  # every engine of a chain: name -> breaker state
+    primary: str | None = None  # the primary engine's name
 
 
 @dataclass
@@ -117,6 +128,14 @@ class SpeechEngine(ABC):
 
     @abstractmethod
     def open_stream(self, options: StreamOptions) -> SpeechStream: ...
+
+    def status(self) -> EngineStatus:
+        """Engines without a fallback chain are always their own, breaker closed."""
+        return EngineStatus(self.capabilities.name, primary=self.capabilities.name)
+
+    def primary_available(self) -> bool:
+        """Whether the primary engine would take a decode now (re-decoding of fallback items at finalization)."""
+        return False
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load and exercise the model once so the first session is not slow."""

@@ -23,6 +23,7 @@ from echopanel.config import RecognizerSettings
 from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
 from echopanel.events import Word
 from echopanel.pipeline.recognizer import Decoded, VadStreamingRecognizer
+from echopanel.pipeline.runner import ScheduledDecoder
 from echopanel.pipeline.scheduler import InferenceScheduler
 from echopanel.pipeline.vad import SileroVoiceDetector
 
@@ -118,12 +119,16 @@ class WhisperEngine(SpeechEngine):
         cpu_threads: int = 1,
         recognizer: RecognizerSettings | None = None,
         scheduler: InferenceScheduler | None = None,
+        decode_timeout_s: float | None = None,
     ) -> None:
         model_dir = model_dir or packaged_model_dir()
         self.decoder = WhisperDecoder(model_dir, workers=workers, cpu_threads=cpu_threads)
         self.settings = recognizer or RecognizerSettings()
         self.scheduler = scheduler or InferenceScheduler(workers)
         self.scheduler.start()
+        # Every decode runs on the shared scheduler; one running past decode_timeout_s is abandoned (its worker
+        # thread replaced) and the item fails, or goes to the fallback engine when a chain wraps this engine.
+        self.runner = ScheduledDecoder(self.decoder, self.scheduler, timeout_s=decode_timeout_s)
         self._vad_executor: Executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vad")
         self.capabilities = EngineCapabilities(name="whisper", model=f"whisper-tiny.en ({model_dir.name})")
         self.compute_s = 0.0
@@ -132,8 +137,7 @@ class WhisperEngine(SpeechEngine):
 
     def open_stream(self, options: StreamOptions) -> SpeechStream:
         return VadStreamingRecognizer(
-            decoder=self.decoder,
-            scheduler=self.scheduler,
+            runner=self.runner,
             detector=SileroVoiceDetector(SAMPLE_RATE),
             vad_executor=self._vad_executor,
             options=options,

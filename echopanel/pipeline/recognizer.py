@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
@@ -36,27 +35,15 @@ from echopanel.events import (
     Word,
 )
 from echopanel.pipeline.agreement import LocalAgreement, split_words
-from echopanel.pipeline.scheduler import InferenceScheduler, JobKind
+from echopanel.pipeline.runner import Decoded, Decoder, DecodeRequest, DecodeRunner, ScheduledDecoder
+from echopanel.pipeline.scheduler import InferenceScheduler
 from echopanel.pipeline.segmenter import Closed, Opened, Utterance, UtteranceSegmenter
 from echopanel.pipeline.vad import WINDOW, VoiceDetector
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True, frozen=True)
-class Decoded:
-    text: str
-    words: tuple[Word, ...]  # times relative to the start of the decoded audio; empty for partials
-
-
-class Decoder(Protocol):
-    name: str
-
-    def decode(
-        self, audio: np.ndarray, *, prefix: str, context: str, final: bool, beam_size: int | None = None
-    ) -> Decoded:
-        """Blocking decode of one utterance's audio (runs on a scheduler worker thread)."""
-        ...
+__all__ = ["Decoded", "Decoder", "VadStreamingRecognizer", "assemble_final"]
 
 
 @dataclass(slots=True, eq=False)
@@ -77,8 +64,9 @@ class VadStreamingRecognizer(SpeechStream):
     def __init__(
         self,
         *,
-        decoder: Decoder,
-        scheduler: InferenceScheduler,
+        decoder: Decoder | None = None,
+        scheduler: InferenceScheduler | None = None,
+        runner: DecodeRunner | None = None,
         detector: VoiceDetector,
         vad_executor: Executor,
         options: StreamOptions,
@@ -87,8 +75,10 @@ class VadStreamingRecognizer(SpeechStream):
         on_compute: Callable[[float, float], None] | None = None,
         policy: DecodePolicy | None = None,
     ) -> None:
-        self._decoder = decoder
-        self._scheduler = scheduler
+        if runner is None:
+            assert decoder is not None and scheduler is not None, "give a runner, or a decoder and a scheduler"
+            runner = ScheduledDecoder(decoder, scheduler)
+        self._runner = runner
         self._detector = detector
         self._vad_executor = vad_executor
         self._options = options
@@ -262,7 +252,7 @@ class VadStreamingRecognizer(SpeechStream):
         end = utt.end if utt.end is not None else utt.audio_start + utt.samples
         text = item.agreement.stable_text
         return TextFinal(
-            utt.item, text, utt.audio_start // self._ms, end // self._ms, (), self._decoder.name, 0.0, superseded=True
+            utt.item, text, utt.audio_start // self._ms, end // self._ms, (), self._runner.name, 0.0, superseded=True
         )
 
     async def _on_segment(self, ev: Opened | Closed) -> None:
@@ -327,12 +317,7 @@ class VadStreamingRecognizer(SpeechStream):
         prefix = item.agreement.stable_text
         context = self._decoder_context()
         response_ids, item.response_ids = item.response_ids, []
-        decoder = self._decoder
-        job = self._scheduler.submit(
-            lambda: decoder.decode(audio, prefix=prefix, context=context, final=False),
-            kind=JobKind.PARTIAL,
-            priority=self._options.priority,
-        )
+        job = self._runner.submit(self._request(utt.item, audio, final=False, prefix=prefix, context=context))
         self._partial_job = job  # type: ignore[assignment]
         await asyncio.wait([job])
         self._partial_job = None
@@ -360,8 +345,11 @@ class VadStreamingRecognizer(SpeechStream):
         if delta or tentative != item.last_tentative or rid is not None:
             item.last_tentative = tentative
             end = utt.audio_start + len(audio)
+            engine = result.value.engine or self._runner.name
             await self._emit(
-                TextDelta(utt.item, delta, tentative, utt.onset // self._ms, end // self._ms, response_id=rid)
+                TextDelta(
+                    utt.item, delta, tentative, utt.onset // self._ms, end // self._ms, response_id=rid, engine=engine
+                )
             )
 
     async def _final(self, item: _Item) -> None:
@@ -375,19 +363,19 @@ class VadStreamingRecognizer(SpeechStream):
         audio = utt.audio()
         prefix = item.agreement.stable_text
         context = self._decoder_context()
-        decoder = self._decoder
         rid = item.response_ids[-1] if item.response_ids else None
         beam = self._policy.final_beam_size
-        job = self._scheduler.submit(
-            lambda: decoder.decode(audio, prefix=prefix, context=context, final=True, beam_size=beam),
-            kind=JobKind.FINAL,
-            priority=self._options.priority,
+        job = self._runner.submit(
+            self._request(utt.item, audio, final=True, prefix=prefix, context=context, beam_size=beam)
         )
         try:
             result = await job
         except Exception as exc:
             log.warning("final decode failed (source %s): %s", self._options.source, type(exc).__name__)
-            await self._emit(ItemFailed(utt.item, "transcription_failed", f"decode failed: {type(exc).__name__}"))
+            code = getattr(exc, "code", "transcription_failed")
+            message = str(exc) if code != "transcription_failed" else f"decode failed: {type(exc).__name__}"
+            start_ms, end_ms = utt.audio_start // self._ms, (utt.end or utt.audio_start + utt.samples) // self._ms
+            await self._emit(ItemFailed(utt.item, code, message, start_ms=start_ms, end_ms=end_ms))
             return
         self._account(item, result.compute_s, len(audio))
         base_ms = utt.audio_start // self._ms
@@ -406,7 +394,7 @@ class VadStreamingRecognizer(SpeechStream):
                 start_ms,
                 end_ms,
                 words,
-                self._decoder.name,
+                result.value.engine or self._runner.name,
                 round(item.compute_s * 1000, 1),
                 response_id=rid,
                 speech_end_ms=utt.last_voiced // self._ms,
@@ -414,6 +402,20 @@ class VadStreamingRecognizer(SpeechStream):
         )
         if text and self._s.context_chars > 0:
             self._context = (self._context + " " + text)[-self._s.context_chars :].lstrip()
+
+    def _request(
+        self, item: int, audio: np.ndarray, *, final: bool, prefix: str, context: str, beam_size: int | None = None
+    ) -> DecodeRequest:
+        return DecodeRequest(
+            audio,
+            final,
+            prefix=prefix,
+            context=context,
+            beam_size=beam_size,
+            priority=self._options.priority,
+            key=f"{id(self):x}:{item}",
+            primary_only=self._options.primary_only,
+        )
 
     def _decoder_context(self) -> str:
         return f"{self._prompt} {self._context}".strip()

@@ -4,6 +4,11 @@ Jobs are blocking callables (a decode on the shared model) run by a fixed pool o
 event loop. Order: finals before partials, then the stream's priority (microphone before system audio), then
 oldest first. A job cancelled before a worker picks it up is skipped (a stale partial replaced by a newer need).
 The queue is bounded by construction: each stream has at most one job queued or running at a time.
+
+A job may carry a time limit (``timeout_s``, counted from when a worker starts it). A job still running past it is
+abandoned: its future fails with ``DecodeTimeout`` at once, and a new worker thread takes the stuck one's place, so
+the pool keeps its size and other sessions are not stalled. The stuck thread exits whenever its call returns; its
+result is discarded. (A thread cannot be killed; engines in worker processes kill the process instead.)
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from enum import IntEnum
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+class DecodeTimeout(TimeoutError):
+    """A job ran past its time limit and was abandoned."""
 
 
 class JobKind(IntEnum):
@@ -41,6 +50,16 @@ class _Job:
     future: asyncio.Future[Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
     enqueued: float = field(compare=False)
+    timeout_s: float | None = field(default=None, compare=False)
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    thread: threading.Thread | None = None
+    job: _Job | None = None
+    started: float = 0.0
+    abandoned: bool = False
 
 
 class InferenceScheduler:
@@ -51,7 +70,10 @@ class InferenceScheduler:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._threads: list[threading.Thread] = []
+        self._workers: list[_Worker] = []
+        self._watchdog: threading.Thread | None = None
         self._stopping = False
+        self.abandoned = 0  # jobs abandoned past their time limit (each one's thread was replaced)
         self.busy = 0
         self.completed = 0
         self.compute_s_total = 0.0
@@ -65,9 +87,16 @@ class InferenceScheduler:
             return
         self._stopping = False
         for i in range(self.workers):
-            t = threading.Thread(target=self._worker, args=(i,), name=f"{self.name}-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._spawn(_Worker(i))
+        self._watchdog = threading.Thread(target=self._watch, name=f"{self.name}-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _spawn(self, worker: _Worker) -> None:
+        t = threading.Thread(target=self._worker, args=(worker,), name=f"{self.name}-{worker.index}", daemon=True)
+        worker.thread = t
+        self._workers.append(worker)
+        self._threads.append(t)
+        t.start()
 
     def stop(self) -> None:
         with self._cond:
@@ -76,9 +105,14 @@ class InferenceScheduler:
             self._cond.notify_all()
         for job in pending:
             _post(job.loop, _cancel, job.future)
-        for t in self._threads:
-            t.join(timeout=5)
+        for w in self._workers:
+            if w.thread is not None and not w.abandoned:
+                w.thread.join(timeout=5)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
+            self._watchdog = None
         self._threads.clear()
+        self._workers.clear()
 
     @property
     def queued(self) -> int:
@@ -103,11 +137,13 @@ class InferenceScheduler:
             recent = sorted(w for t, w in waits if t >= since)
         return recent[int(0.95 * (len(recent) - 1))] if recent else 0.0
 
-    def submit(self, fn: Callable[[], T], *, kind: JobKind, priority: int = 0) -> asyncio.Future[JobResult[T]]:
+    def submit(
+        self, fn: Callable[[], T], *, kind: JobKind, priority: int = 0, timeout_s: float | None = None
+    ) -> asyncio.Future[JobResult[T]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[JobResult[T]] = loop.create_future()
         now = time.monotonic()
-        job = _Job((int(kind), priority, now, next(self._seq)), fn, future, loop, now)
+        job = _Job((int(kind), priority, now, next(self._seq)), fn, future, loop, now, timeout_s)
         with self._cond:
             if self._stopping:
                 future.set_exception(RuntimeError("inference scheduler is stopped"))
@@ -127,10 +163,10 @@ class InferenceScheduler:
                 return job
         return None
 
-    def _worker(self, index: int) -> None:
+    def _worker(self, worker: _Worker) -> None:
         # With two or more workers, the last one is reserved for the microphone (priority 0): a mic final then
         # never waits behind system audio's work on it. The others take every job in priority order.
-        reserved = 0 if self.workers > 1 and index == self.workers - 1 else None
+        reserved = 0 if self.workers > 1 and worker.index == self.workers - 1 else None
         while True:
             with self._cond:
                 job = None
@@ -143,6 +179,9 @@ class InferenceScheduler:
                 self.busy += 1
                 started = time.monotonic()
                 self._running[job.key[3]] = (started, job.key[0])
+                worker.job, worker.started = job, started
+                if job.timeout_s is not None:
+                    self._cond.notify_all()  # the watchdog learns the new deadline
             try:
                 value = job.fn()
             except BaseException as exc:
@@ -151,18 +190,54 @@ class InferenceScheduler:
                 done = time.monotonic()
                 result = JobResult(value, started - job.enqueued, done - started)
                 _post(job.loop, _set_result, job.future, result)
-            finally:
-                with self._cond:
-                    end = time.monotonic()
-                    self.busy -= 1
-                    self.completed += 1
-                    self.compute_s_total += end - started
-                    self._running.pop(job.key[3], None)
-                    if job.key[0] == JobKind.FINAL:
-                        self.final_compute_s += end - started
-                        self.final_waits.append((end, started - job.enqueued))
-                    else:
-                        self.partial_waits.append((end, started - job.enqueued))
+            with self._cond:
+                worker.job = None
+                if worker.abandoned:
+                    return  # the watchdog gave up on this call and put a new thread in our place
+                end = time.monotonic()
+                self.busy -= 1
+                self.completed += 1
+                self.compute_s_total += end - started
+                self._running.pop(job.key[3], None)
+                if job.key[0] == JobKind.FINAL:
+                    self.final_compute_s += end - started
+                    self.final_waits.append((end, started - job.enqueued))
+                else:
+                    self.partial_waits.append((end, started - job.enqueued))
+
+    def _watch(self) -> None:
+        """Abandon jobs running past their time limit and replace their worker threads."""
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                next_deadline = None
+                for w in list(self._workers):
+                    job = w.job
+                    if job is None or job.timeout_s is None or w.abandoned:
+                        continue
+                    deadline = w.started + job.timeout_s
+                    if deadline <= now:
+                        self._abandon(w, job, now)
+                    elif next_deadline is None or deadline < next_deadline:
+                        next_deadline = deadline
+                self._cond.wait(1.0 if next_deadline is None else max(0.005, next_deadline - now))
+
+    def _abandon(self, worker: _Worker, job: _Job, now: float) -> None:
+        """Called with the lock held."""
+        worker.abandoned = True
+        self._workers.remove(worker)
+        if worker.thread is not None and worker.thread in self._threads:
+            self._threads.remove(worker.thread)
+        self.abandoned += 1
+        self.busy -= 1
+        self.completed += 1
+        self.compute_s_total += now - worker.started
+        self._running.pop(job.key[3], None)
+        if job.key[0] == JobKind.FINAL:
+            self.final_compute_s += now - worker.started
+        message = f"decode abandoned after {job.timeout_s:.1f} s; its worker was replaced"
+        _post(job.loop, _set_exception, job.future, DecodeTimeout(message))
+        self._spawn(_Worker(worker.index))
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

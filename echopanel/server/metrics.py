@@ -87,6 +87,19 @@ class ServerMetrics:
         self.final_wait = Gauge("echopanel_final_wait_p95_seconds", "p95 wait of final decodes", registry=r)
         self.loop_lag = Gauge("echopanel_event_loop_lag_seconds", "How late the controller's timer fired", registry=r)
         self.partial_interval = Gauge("echopanel_partial_interval_seconds", "Current partial cadence", registry=r)
+        # Resilience (engines/chain.py): breaker state per engine (0 closed, 1 half-open, 2 open), decodes and
+        # failures per engine (kind: error, timeout, died), resumes of detached sessions.
+        self.breaker_state = Gauge("echopanel_breaker_state", "Circuit breaker state", ["engine"], registry=r)
+        self.engine_decodes = Counter("echopanel_engine_decodes", "Decodes completed", ["engine"], registry=r)
+        self.engine_failures = Counter("echopanel_engine_failures", "Decodes failed", ["engine", "kind"], registry=r)
+        self.engine_active = Gauge(
+            "echopanel_engine_active", "1 for the engine new work goes to", ["engine"], registry=r
+        )
+        self.sessions_detached = Gauge("echopanel_sessions_detached", "Sessions waiting for a resume", registry=r)
+        self.resumes = Counter("echopanel_session_resumes", "Sessions resumed after a dropped connection", registry=r)
+        self.sessions_interrupted = Counter(
+            "echopanel_sessions_interrupted", "Detached sessions finalized at the end of the grace period", registry=r
+        )
 
 
 def source_kind(priority: int) -> str:

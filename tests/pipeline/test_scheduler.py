@@ -1,7 +1,10 @@
 import asyncio
 import threading
+import time
 
-from echopanel.pipeline.scheduler import InferenceScheduler, JobKind
+import pytest
+
+from echopanel.pipeline.scheduler import DecodeTimeout, InferenceScheduler, JobKind
 
 
 async def test_finals_before_partials_then_priority_then_age() -> None:
@@ -68,3 +71,39 @@ async def test_jobs_run_off_the_event_loop_in_parallel() -> None:
         sched.stop()
     workers = {r.value for r in ids}
     assert len(workers) == 2 and loop_thread not in workers
+
+
+async def test_a_hung_job_is_abandoned_and_its_worker_replaced() -> None:
+    """A job past its time limit fails with DecodeTimeout; a new thread takes its place, so the pool keeps serving."""
+    sched = InferenceScheduler(workers=1)
+    hang = threading.Event()
+    sched.start()
+    try:
+        hung = sched.submit(lambda: hang.wait(30), kind=JobKind.FINAL, timeout_s=0.3)
+        with pytest.raises(DecodeTimeout):
+            await asyncio.wait_for(hung, 5)
+        assert sched.abandoned == 1 and sched.busy == 0
+        # The only worker is stuck in hang.wait(), yet a new job runs: the replacement thread took it.
+        done = await asyncio.wait_for(sched.submit(lambda: "ok", kind=JobKind.FINAL, timeout_s=5), 5)
+        assert done.value == "ok"
+        assert sum(t.is_alive() and t.name == "inference-0" for t in threading.enumerate()) == 2
+        hang.set()  # the stuck call returns; its thread exits and its result is dropped
+        for _ in range(100):
+            if sum(t.name == "inference-0" for t in threading.enumerate()) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert sum(t.name == "inference-0" for t in threading.enumerate()) == 1
+        assert sched.abandoned == 1
+    finally:
+        hang.set()
+        sched.stop()
+
+
+async def test_a_job_within_its_limit_is_not_abandoned() -> None:
+    sched = InferenceScheduler(workers=1)
+    sched.start()
+    try:
+        result = await sched.submit(lambda: time.sleep(0.05) or 7, kind=JobKind.PARTIAL, timeout_s=2.0)
+        assert result.value == 7 and sched.abandoned == 0
+    finally:
+        sched.stop()

@@ -1,4 +1,4 @@
-"""``echopanel`` command line: serve, transcribe."""
+"""``echopanel`` command line: serve, transcribe, listen."""
 
 from __future__ import annotations
 
@@ -37,9 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--fast", action="store_true", help="send as fast as the server accepts, not in real time")
     tr.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
+    ls = sub.add_parser("listen", help="capture the microphone (and system audio) live and print the transcript")
+    ls.add_argument("--mic", metavar="DEVICE", help="input device: index, name or part of it (default: the default)")
+    ls.add_argument("--no-mic", action="store_true", help="do not capture a microphone (with --system)")
+    ls.add_argument("--system", metavar="DEVICE", help="loopback/monitor device for system audio (see --list-devices)")
+    ls.add_argument("--list-devices", action="store_true", help="list input devices and PulseAudio/PipeWire sources")
+    ls.add_argument("--url", default=_env("URL", "ws://127.0.0.1:8765/v1/live"))
+    ls.add_argument("--token", default=_env("TOKEN"))
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "listen":
+        from echopanel.client.listen import main as listen_main
+
+        return listen_main(args)
     return _transcribe(args)
 
 

@@ -5,6 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lock="requirements/${1:-runtime}.txt"
 python="${PYTHON:-python3}"
+# The browser and audio-capture tests need Debian's Chromium, PulseAudio (+ pactl/paplay) and the PortAudio library
+# (`echopanel listen` itself needs only libportaudio2). Installed when missing, if we may (root and apt-get).
+if [ "${1:-runtime}" = test ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=""
+  for pkg in chromium pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+  done
+  if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages for the tests:$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi

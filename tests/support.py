@@ -59,3 +59,23 @@ async def wait_until_ready(server: ServerProcess, timeout_s: float = 5.0) -> Non
                 return
             await asyncio.sleep(0.1)
     raise AssertionError("server never became ready again")
+
+
+def speech_wav(path: Path, stems: list[str], *, lead_s: float = 1.0, gap_s: float = 1.0, tail_s: float = 1.5) -> str:
+    """Write LibriVox sentences (by file stem) as one 16 kHz mono PCM16 WAV with silence around them; the reference.
+
+    Chromium's fake capture device and ``paplay`` both play such a file.
+    """
+    import numpy as np
+    import soundfile as sf
+
+    rate = 16000
+    parts = [np.zeros(int(lead_s * rate), dtype=np.int16)]
+    for stem in stems:
+        audio, file_rate = sf.read(str(LIBRIVOX / f"{stem}.wav"), dtype="int16")
+        assert file_rate == rate, file_rate
+        parts += [audio, np.zeros(int(gap_s * rate), dtype=np.int16)]
+    parts.append(np.zeros(int(tail_s * rate), dtype=np.int16))
+    sf.write(str(path), np.concatenate(parts), rate, subtype="PCM_16")
+    refs = librivox_refs()
+    return " ".join(refs[stem] for stem in stems)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from echopanel import __version__
 from echopanel.config import Settings
@@ -17,10 +20,7 @@ from echopanel.server.live import live_endpoint
 from echopanel.server.metrics import ServerMetrics
 from echopanel.server.realtime import realtime_endpoint
 
-_INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>EchoPanel</title></head>
-<body><main><h1>EchoPanel</h1><p>Real-time transcription server, version {version}.</p>
-<ul><li>WebSocket: <code>/v1/live</code> (native protocol)</li><li><a href="/health">/health</a></li>
-<li><a href="/ready">/ready</a></li></ul></main></body></html>"""
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the live panel (echopanel/web, shipped as package data)
 
 
 def create_app(engine: SpeechEngine, settings: Settings, controller: FlowController | None = None) -> Starlette:
@@ -28,7 +28,7 @@ def create_app(engine: SpeechEngine, settings: Settings, controller: FlowControl
     metrics = controller.metrics if controller is not None else ServerMetrics()
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(_INDEX.format(version=__version__))
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -50,6 +50,7 @@ def create_app(engine: SpeechEngine, settings: Settings, controller: FlowControl
     app = Starlette(
         routes=[
             Route("/", index),
+            Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
             Route("/metrics", prometheus),
             Route("/health", health),
             Route("/ready", ready),

@@ -1,0 +1,249 @@
+"""The live panel at ``/`` in real headless Chromium: fake microphone from real speech, real server, real model."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+from browser_support import CHROMIUM, FLAGS, TcpProxy, free_port, launch, save_screenshot
+from playwright.sync_api import Browser, Page, Playwright, expect
+
+from support import ServerProcess, run_server, wer
+
+# Recorded in the page from the start: when each item first showed partial text, when it became final, and every
+# connection state the page went through (so a state that lasts a moment is not missed).
+OBSERVER = """
+window.__ep = {partialAt: {}, finalAt: {}, states: []};
+document.addEventListener('DOMContentLoaded', () => {
+  const seen = () => {
+    const now = performance.now();
+    for (const el of document.querySelectorAll('#transcript .item')) {
+      const key = el.dataset.itemId + '@' + (document.querySelector('#session-id').textContent);
+      const hasText = el.querySelector('.text').textContent.trim().length > 0;
+      if (el.classList.contains('partial') && hasText && !(key in __ep.partialAt)) __ep.partialAt[key] = now;
+      if (el.classList.contains('final') && !(key in __ep.finalAt)) __ep.finalAt[key] = now;
+    }
+    const state = document.querySelector('#connection').dataset.state;
+    if (__ep.states[__ep.states.length - 1] !== state) __ep.states.push(state);
+  };
+  new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                     attributes: true});
+  seen();
+});
+"""
+
+FINALS = "#transcript .item.final"
+
+
+def open_panel(browser: Browser, url: str, *, microphone: bool = True) -> Page:
+    context = browser.new_context(
+        permissions=["microphone"] if microphone else [], viewport={"width": 1280, "height": 900}
+    )
+    context.add_init_script(OBSERVER)
+    page = context.new_page()
+    page.goto(url)
+    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    return page
+
+
+def state(page: Page) -> str:
+    return str(page.locator("#connection").get_attribute("data-state"))
+
+
+def final_texts(page: Page) -> list[str]:
+    return [t.strip() for t in page.locator(f"{FINALS} .stable").all_inner_texts()]
+
+
+def has_store(server: ServerProcess) -> bool:
+    return httpx.get(server.http + "/v1/sessions").status_code == 200
+
+
+def test_live_session_in_browser(
+    browser: Browser, server: ServerProcess, speech: tuple[Path, str], screenshots: Path
+) -> None:
+    wav, reference = speech
+    page = open_panel(browser, server.http + "/")
+    log = page.get_by_role("log", name="Transcript")
+    expect(log).to_be_visible()
+
+    started = time.monotonic()
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
+    expect(page.get_by_role("button", name="Stop")).to_be_enabled()
+    session_id = page.locator("#session-id").inner_text()
+    assert session_id.startswith("sess_")
+
+    # During the session: a final landed and the next utterance shows tentative text.
+    expect(page.locator(FINALS).first).to_be_visible(timeout=30_000)
+    try:
+        page.wait_for_function(
+            "document.querySelector('#transcript .item.partial .tentative:not(:empty)') !== null", timeout=10_000
+        )
+    except Exception:  # partials may be off under load: the screenshot is still taken
+        pass
+    during = save_screenshot(page, screenshots, "panel-during.png")
+
+    # Indicators while live: audio level and freshness, what the server holds, latency from session.metrics.
+    mic = page.locator("#source-rows tr[data-source='mic']")
+    expect(mic.locator(".fresh")).to_have_text("now")
+    expect(mic.locator(".received")).to_have_text(re.compile(r"^\d+\.\d s$"))
+    expect(mic.locator(".latency")).to_contain_text("ms", timeout=10_000)
+
+    # Let the whole file play, then wait (bounded) for its five sentences to be final.
+    duration_s = wav.stat().st_size / 32000
+    time.sleep(max(0.0, duration_s - (time.monotonic() - started)))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (page.locator(FINALS).count() < 5 or page.locator(".item.partial").count()):
+        time.sleep(0.25)
+
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "ended", timeout=60_000)
+    expect(page.locator("#summary-section")).to_be_visible()
+    expect(page.locator("#summary")).to_contain_text("utterances")
+    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    after = save_screenshot(page, screenshots, "panel-after.png")
+
+    texts = final_texts(page)
+    error = wer(reference, " ".join(texts))
+    print(f"browser session: {len(texts)} finals, WER {error:.3f}; screenshots {during} {after}")
+    assert error <= 0.15, (error, texts)
+
+    # Partials came before finals: the first partial text before the first final, and items showed text early.
+    timeline = page.evaluate("window.__ep")
+    partial_at, final_at = timeline["partialAt"], timeline["finalAt"]
+    assert final_at, timeline
+    assert min(partial_at.values()) < min(final_at.values()), timeline
+    early = [k for k in final_at if k in partial_at and partial_at[k] < final_at[k]]
+    assert len(early) >= len(final_at) // 2, timeline
+
+    # Speaker and source on every final.
+    finals = page.locator(FINALS)
+    for i in range(finals.count()):
+        item = finals.nth(i)
+        assert item.get_attribute("data-source") == "mic"
+        assert item.locator(".source").inner_text().lower() == "mic"
+        assert item.get_attribute("data-speaker"), f"final {i} has no speaker label"
+        assert item.locator(".speaker").inner_text().strip()
+
+    # The page followed the newest text: the transcript is scrolled to the bottom.
+    at_bottom = page.evaluate(
+        "(() => { const t = document.querySelector('#transcript');"
+        " return t.scrollTop + t.clientHeight >= t.scrollHeight - 30; })()"
+    )
+    assert at_bottom
+
+    # Exports and the past-sessions list, from the server's session store.
+    if has_store(server):
+        expect(page.locator("#exports a")).to_have_count(4, timeout=10_000)
+        href = page.locator("#exports a", has_text="MD").get_attribute("href")
+        assert href is not None
+        assert httpx.get(server.http + href).status_code == 200
+        expect(page.locator("#sessions")).to_contain_text(session_id, timeout=10_000)
+    page.context.close()
+
+
+def test_denied_microphone_then_allowed(browser: Browser, server: ServerProcess) -> None:
+    page = open_panel(browser, server.http + "/", microphone=False)
+    page.get_by_role("button", name="Start").click()
+    notice = page.get_by_role("alert")
+    expect(notice).to_contain_text("Microphone permission was denied")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "failed")
+    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+
+    # The user allows the microphone and presses Start again: no reload needed.
+    page.context.grant_permissions(["microphone"])
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
+    expect(notice).to_be_hidden()
+    expect(page.locator("#source-rows tr[data-source='mic'] .fresh")).to_have_text("now")
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "ended", timeout=60_000)
+    page.context.close()
+
+
+def test_dropped_socket_and_server_restart(
+    playwright: Playwright, speech: tuple[Path, str], tmp_path: Path, screenshots: Path
+) -> None:
+    port = free_port()
+    args = ["--port", str(port)]
+    env = {"ECHOPANEL_RESUME_GRACE_S": "30"}
+    first = run_server(tmp_path / "a", env=env, args=args)  # stopped half-way: entered and left by hand
+    first.__enter__()
+    first_running = True
+    browser = launch(playwright, speech[0], loop=True)
+    try:
+        with TcpProxy(port) as proxy:
+            page = open_panel(browser, f"http://127.0.0.1:{proxy.port}/")
+            page.evaluate("window.__noReload = true")
+            page.get_by_role("button", name="Start").click()
+            expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
+            expect(page.locator(FINALS).first).to_be_visible(timeout=30_000)
+            session_id = page.locator("#session-id").inner_text()
+
+            # 1. The socket closes mid-stream (the network drops it; the server keeps running): the page says so,
+            #    reconnects, resumes the same session and goes on transcribing.
+            finals_before = page.locator(FINALS).count()
+            proxy.drop_all()
+            page.wait_for_function("window.__ep.states.includes('reconnecting')", timeout=10_000)
+            expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=20_000)
+            expect(page.locator("#session-id")).to_have_text(session_id)
+            expect(page.get_by_role("alert")).to_contain_text("resumed")
+            page.wait_for_function(f"document.querySelectorAll('{FINALS}').length > {finals_before}", timeout=30_000)
+
+            # 2. The server restarts (the session is gone with it): the page shows the server unreachable while it
+            #    is down, then continues in a new session on the restarted server, without a reload.
+            first.__exit__(None, None, None)
+            first_running = False
+            expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting", timeout=10_000)
+            expect(page.locator("#connection-text")).to_contain_text("Reconnecting in", timeout=10_000)
+            save_screenshot(page, screenshots, "panel-reconnecting.png")
+            with run_server(tmp_path / "b", env=env, args=args):
+                expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=60_000)
+                expect(page.get_by_role("alert")).to_contain_text("no longer has this session")
+                new_id = page.locator("#session-id").inner_text()
+                assert new_id.startswith("sess_") and new_id != session_id
+                expect(page.locator("#transcript .divider")).to_contain_text(new_id)
+                page.wait_for_function(
+                    "(() => { const d = document.querySelector('#transcript .divider');"
+                    " let n = d && d.nextElementSibling; while (n) { if (n.classList.contains('final')) return true;"
+                    " n = n.nextElementSibling; } return false; })()",
+                    timeout=30_000,
+                )
+                assert page.evaluate("window.__noReload") is True
+                page.get_by_role("button", name="Stop").click()
+                expect(page.locator("#connection")).to_have_attribute("data-state", "ended", timeout=60_000)
+                states = page.evaluate("window.__ep.states")
+                print(f"connection states: {states}")
+    finally:
+        browser.close()
+        if first_running:
+            first.__exit__(None, None, None)
+
+
+def test_system_audio_from_a_shared_tab(
+    playwright: Playwright, server: ServerProcess, speech: tuple[Path, str]
+) -> None:
+    """Opting in adds the shared tab's or screen's audio as the second source ``system`` (Chromium's fake screen
+    capture, accepted by its fake picker, carries the fake audio)."""
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[*FLAGS, "--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={speech[0]}%noloop"],
+        headless=True,
+    )
+    try:
+        page = open_panel(browser, server.http + "/")
+        page.get_by_label("Also capture the audio of a tab or screen").check()
+        page.get_by_role("button", name="Start").click()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.locator("#source-rows tr")).to_have_count(2)
+        expect(page.locator("#source-rows tr[data-source='system'] .fresh")).to_have_text("now")
+        expect(page.locator(f"{FINALS}[data-source='system']").first).to_be_visible(timeout=30_000)
+        expect(page.locator(f"{FINALS}[data-source='system'] .source").first).to_have_text("system")
+        page.get_by_role("button", name="Stop").click()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "ended", timeout=60_000)
+        expect(page.locator("#summary")).to_contain_text("system:")
+    finally:
+        browser.close()

@@ -50,6 +50,13 @@ class Settings:
     send_queue_events: int = 1024  # server events waiting for a slow client
     max_sources: int = 4
     max_sessions: int = 16  # past it: HTTP 503 + Retry-After (native) or close 1013 (OpenAI dialect)
+    # Speakers and the session store (docs/behaviour.md): labels, finals written as they land, retention.
+    speakers: bool = True  # live speaker labels (off when False, or when the encoder weights are not installed)
+    speaker_workers: int = 1  # threads that embed and cluster utterances, shared by all sessions
+    speaker_wait_ms: int = 250  # a final waits at most this long for its label, then goes out with speaker null
+    speaker_max_pending: int = 32  # utterances waiting for a label per source; past it, labelled at finalization
+    recording_retention_days: float = 30.0  # recordings of ended sessions older than this are deleted (0: at once)
+    retention_sweep_s: float = 3600.0  # how often the server looks for expired recordings (and once at start)
     recognizer: RecognizerSettings = field(default_factory=RecognizerSettings)
 
     @classmethod

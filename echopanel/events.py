@@ -98,6 +98,7 @@ class SourceEvent:
 
     source: str
     event: EngineEvent
+    speaker: str | None = None  # finals: the live speaker label ("mic:S1"), when known
 
 
 def item_id(source: str, item: int) -> str:

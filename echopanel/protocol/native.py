@@ -60,7 +60,7 @@ def to_wire(se: SourceEvent) -> dict[str, Any]:
             "start_ms": ev.start_ms,
             "end_ms": ev.end_ms,
             "words": words_wire(ev.words),
-            "speaker": None,
+            "speaker": se.speaker,
             "engine": ev.engine,
             "compute_ms": ev.compute_ms,
             "repaired": ev.repaired,

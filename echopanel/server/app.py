@@ -19,11 +19,21 @@ from echopanel.server.controller import FlowController
 from echopanel.server.live import live_endpoint
 from echopanel.server.metrics import ServerMetrics
 from echopanel.server.realtime import realtime_endpoint
+from echopanel.server.sessions_api import session_routes
+from echopanel.speakers.live import SpeakerService
+from echopanel.storage.store import AsyncStore
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the live panel (echopanel/web, shipped as package data)
 
 
-def create_app(engine: SpeechEngine, settings: Settings, controller: FlowController | None = None) -> Starlette:
+def create_app(
+    engine: SpeechEngine,
+    settings: Settings,
+    controller: FlowController | None = None,
+    *,
+    store: AsyncStore | None = None,
+    speakers: SpeakerService | None = None,
+) -> Starlette:
     admission = Admission(settings.max_sessions)
     metrics = controller.metrics if controller is not None else ServerMetrics()
 
@@ -57,8 +67,11 @@ def create_app(engine: SpeechEngine, settings: Settings, controller: FlowControl
             WebSocketRoute("/v1/live", live_endpoint),
             WebSocketRoute("/ws/live-listener", live_endpoint),  # the original EchoPanel's path
             WebSocketRoute("/v1/realtime", realtime_endpoint),
+            *session_routes(),
         ]
     )
+    app.state.store = store  # stored sessions (echopanel/storage); None: nothing is stored
+    app.state.speakers = speakers  # live speaker labels; None: off
     app.state.engine = engine
     app.state.settings = settings
     app.state.admission = admission

@@ -39,8 +39,16 @@ class DialectConnection(ABC):
     def new_session(self, **kwargs: Any) -> Session:
         """A session wired to this connection's outbox, the metrics and the current degrade level."""
         level = self.controller.level if self.controller is not None else Level.NORMAL
+        state = self.ws.app.state
         session = Session(
-            engine=self.engine, settings=self.settings, outbox=self.outbox, metrics=self.metrics, level=level, **kwargs
+            engine=self.engine,
+            settings=self.settings,
+            outbox=self.outbox,
+            metrics=self.metrics,
+            level=level,
+            store=getattr(state, "store", None),
+            speakers=getattr(state, "speakers", None),
+            **kwargs,
         )
         self.session = session
         if self.controller is not None:
@@ -60,6 +68,9 @@ class DialectConnection(ABC):
                     raise
         finally:
             if self.session is not None:
+                if not self.session.finalized:
+                    await self.on_session_end()
+            if self.session is not None:
                 if self.controller is not None:
                     self.controller.unregister(self.session)
                 await self.session.aclose()
@@ -69,6 +80,35 @@ class DialectConnection(ABC):
 
     async def on_open(self) -> None:  # noqa: B027 - optional hook
         """Called once the socket is accepted, before the first message is read."""
+
+    async def on_session_end(self) -> None:
+        """The connection ended and the session was not finalized (the client went away without closing it):
+        finalize it as ``interrupted`` with nobody listening. Dialects may override (the OpenAI dialect has no
+        close event, so its disconnect is a normal end)."""
+        await self.finalize_unattended("interrupted")
+
+    async def finalize_unattended(self, status: str) -> None:
+        """``Session.finalize`` after the client is gone: the outbox is emptied into the void meanwhile, so the
+        bounded outbox never blocks finalization; everything still lands in the store."""
+        assert self.session is not None
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+        async def discard() -> None:
+            while True:
+                item = await self.outbox.get()
+                if isinstance(item, Barrier) and not item.done.done():
+                    item.done.set_result(None)
+
+        sink = asyncio.create_task(discard(), name="discard")
+        try:
+            await self.session.finalize(status)
+        except Exception:
+            log.exception("session %s: finalization after disconnect failed", self.session.id)
+        finally:
+            sink.cancel()
+            await asyncio.gather(sink, return_exceptions=True)
 
     @abstractmethod
     async def on_text(self, text: str) -> bool:

@@ -20,6 +20,7 @@ from echopanel.protocol.native import error_event, to_wire
 from echopanel.server.admission import Admission
 from echopanel.server.auth import PROTOCOL_NAME, authorized
 from echopanel.server.connection import DialectConnection
+from echopanel.server.finalize import SpeakerUpdated
 from echopanel.server.session import Backpressure, Degraded, OutboxItem, Session, SessionMetrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class LiveConnection(DialectConnection):
             return [{"type": "session.degraded", "level": item.level, "name": item.name, "reason": item.reason}]
         if isinstance(item, SessionMetrics):
             return [{"type": "session.metrics", **item.payload}]
+        if isinstance(item, SpeakerUpdated):
+            return [item.wire()]
         if isinstance(item, Backpressure):
             return [
                 {
@@ -231,25 +234,7 @@ class LiveConnection(DialectConnection):
 
     async def _close(self, event_id: str | None) -> None:
         session = self._require_session()
-        await session.finish()
-        summary = {
-            "type": "session.summary",
-            "session_id": session.id,
-            "transcript": [
-                {
-                    "item_id": t.item_id,
-                    "source": t.source,
-                    "text": t.text,
-                    "start_ms": t.start_ms,
-                    "end_ms": t.end_ms,
-                    "speaker": t.speaker,
-                    "repaired": t.repaired,
-                }
-                for t in sorted(session.transcript, key=lambda t: (t.start_ms, t.source))
-            ],
-            "stats": {"sources": session.stats()},
-        }
-        await self.outbox.put(_with_id(summary, event_id))
+        await session.finalize("completed", event_id)  # puts session.summary in the outbox
         await self.drain()
         await self.ws.close(CloseCode.NORMAL)
         log.info("session %s closed normally", session.id)

@@ -31,6 +31,7 @@ from echopanel.protocol.native import words_wire
 from echopanel.server.admission import Admission
 from echopanel.server.auth import authorized
 from echopanel.server.connection import DialectConnection
+from echopanel.server.finalize import SpeakerUpdated
 from echopanel.server.session import Backpressure, Degraded, OutboxItem, SessionMetrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class RealtimeConnection(DialectConnection):
         session = self.new_session(
             sources=[SOURCE],
             sample_rate=oa.SAMPLE_RATE,
+            dialect="openai",
             # This API has no finalization step to deliver repaired text, and its clients do not expect shedding:
             # a client that sends faster than we transcribe is pushed back through TCP instead.
             overflow="block",
@@ -61,6 +63,11 @@ class RealtimeConnection(DialectConnection):
 
     def error(self, err: ProtocolError) -> dict[str, Any]:
         return oa.error_event(self.ids.next(), err)
+
+    async def on_session_end(self) -> None:
+        # This API has no close event: the client hanging up is the normal end. The session is finalized for the
+        # store (transcript, speakers, summary), with nobody listening.
+        await self.finalize_unattended("completed")
 
     async def on_binary(self, data: bytes) -> None:
         raise ProtocolError(ErrorCode.INVALID_EVENT, "binary messages are not part of this protocol; send JSON events")
@@ -118,6 +125,10 @@ class RealtimeConnection(DialectConnection):
     def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
         if isinstance(item, Backpressure | Degraded | SessionMetrics):
             return []  # no such events in this dialect; visible in /metrics and the logs
+        if isinstance(item, SpeakerUpdated):
+            return []  # no such event in this API; the stored transcript has the settled labels
+        if isinstance(item, dict) and item.get("type") == "session.summary":
+            return []
         if not isinstance(item, SourceEvent):
             return [item]
         wire = self._encode(item)
@@ -163,19 +174,38 @@ class RealtimeConnection(DialectConnection):
                 "end_ms": ev.end_ms,
             }
         if isinstance(ev, TextFinal):
-            return {
+            iid = item_id(SOURCE, ev.item)
+            completed = {
                 "type": "conversation.item.input_audio_transcription.completed",
                 "event_id": eid,
-                "item_id": item_id(SOURCE, ev.item),
+                "item_id": iid,
                 "content_index": 0,
                 "transcript": ev.text,
                 "usage": {"type": "duration", "seconds": round(max(0, ev.end_ms - ev.start_ms) / 1000, 3)},
                 "source": SOURCE,
-                "speaker": None,
+                "speaker": item.speaker,
                 "start_ms": ev.start_ms,
                 "end_ms": ev.end_ms,
                 "words": words_wire(ev.words),
             }
+            if item.speaker is None or not ev.text:
+                return completed
+            segment = {
+                "type": "conversation.item.input_audio_transcription.segment",
+                "event_id": eid,
+                "item_id": iid,
+                "content_index": 0,
+                "id": f"seg_{ev.item:05d}",
+                "text": ev.text,
+                "speaker": item.speaker,
+                "start": round(ev.start_ms / 1000, 3),
+                "end": round(ev.end_ms / 1000, 3),
+                "source": SOURCE,
+                "start_ms": ev.start_ms,
+                "end_ms": ev.end_ms,
+            }
+            completed["event_id"] = self.ids.next()
+            return [segment, completed]  # the segment first, so a client that stops at completed has both
         if isinstance(ev, ItemFailed):
             return {
                 "type": "conversation.item.input_audio_transcription.failed",

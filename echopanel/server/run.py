@@ -16,6 +16,10 @@ from echopanel.server import memory
 from echopanel.server.app import create_app
 from echopanel.server.controller import FlowController
 from echopanel.server.metrics import ServerMetrics
+from echopanel.speakers.live import SpeakerService
+from echopanel.storage.retention import sweep
+from echopanel.storage.sqlite import SqliteStore
+from echopanel.storage.store import AsyncStore
 
 log = logging.getLogger("echopanel")
 
@@ -62,9 +66,11 @@ async def serve(settings: Settings) -> None:
             base_interval_ms=settings.recognizer.partial_interval_ms,
             metrics=ServerMetrics(),
         )
-    app = create_app(engine, settings, controller)
+    store, speakers = await asyncio.to_thread(open_store_and_speakers, settings)
+    app = create_app(engine, settings, controller, store=store, speakers=speakers)
     control_task = asyncio.create_task(controller.run()) if controller is not None else None
     trim_task = asyncio.create_task(_trim_memory())
+    retention_task = asyncio.create_task(_retention(store, settings))
     server = uvicorn.Server(uvicorn_config(app, settings))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -89,7 +95,32 @@ async def serve(settings: Settings) -> None:
         if control_task is not None:
             control_task.cancel()
         trim_task.cancel()
+        retention_task.cancel()
         engine.close()
+        if speakers is not None:
+            speakers.close()
+        store.close()
+
+
+def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerService | None]:
+    """The session store (sessions a dead server left active become interrupted) and the speaker encoder."""
+    store = SqliteStore(settings.data_dir / "echopanel.db")
+    interrupted = store.mark_interrupted()
+    if interrupted:
+        log.info("marked %d sessions left active by a previous run as interrupted", len(interrupted))
+    speakers = None
+    if settings.speakers:
+        speakers = SpeakerService.load(workers=settings.speaker_workers, max_pending=settings.speaker_max_pending)
+    return AsyncStore(store), speakers
+
+
+async def _retention(store: AsyncStore, settings: Settings) -> None:
+    while True:
+        try:
+            await store.write(sweep, store.store, settings.data_dir, settings.recording_retention_days)
+        except Exception:
+            log.exception("retention sweep failed")
+        await asyncio.sleep(settings.retention_sweep_s)
 
 
 async def _trim_memory() -> None:

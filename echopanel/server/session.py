@@ -21,6 +21,7 @@ import secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,10 +30,24 @@ import numpy as np
 from echopanel.audio.convert import StreamResampler, pcm16_to_float, resample
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine, SpeechStream, StreamOptions, TurnSettings
-from echopanel.events import ItemFailed, RequestCompleted, SourceEvent, TextDelta, TextFinal, Word, item_id
+from echopanel.events import (
+    ItemFailed,
+    RequestCompleted,
+    SourceEvent,
+    SpeechStarted,
+    SpeechStopped,
+    TextDelta,
+    TextFinal,
+    Word,
+    item_id,
+)
 from echopanel.pipeline.ladder import REASONS, Level
+from echopanel.server.finalize import SpeakerUpdated, finalize_session
 from echopanel.server.metrics import Arrivals, LatencyWindow, ServerMetrics, source_kind
+from echopanel.speakers.embedding import SAMPLE_RATE as SPEAKER_RATE
+from echopanel.speakers.live import SourceSpeakers, SpeakerService
 from echopanel.storage.recording import Recording, session_dir
+from echopanel.storage.store import AsyncStore, SessionRecord, SourceRecord, StoredItem
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +132,8 @@ class SourceState:
     compute_ms: float = 0.0
     last_text_item: int = 0
     superseded: list[tuple[int, int]] = field(default_factory=list)  # (start, end) samples of items cut by gaps
+    speakers: SourceSpeakers | None = None  # live speaker labels (None: off)
+    onsets: dict[int, int] = field(default_factory=dict)  # open utterances: item -> speech onset ms
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,6 +145,7 @@ class TranscriptItem:
     end_ms: int
     speaker: str | None
     repaired: bool = False
+    number: int = 0  # the recognizer's item number within its source
 
 
 class Session:
@@ -145,6 +163,9 @@ class Session:
         outbox: asyncio.Queue[OutboxItem] | None = None,
         metrics: ServerMetrics | None = None,
         level: Level = Level.NORMAL,
+        store: AsyncStore | None = None,
+        speakers: SpeakerService | None = None,
+        dialect: str = "native",
     ) -> None:
         self.id = "sess_" + uuid.uuid4().hex[:20]
         self.resume_token = secrets.token_urlsafe(24)
@@ -159,6 +180,11 @@ class Session:
         self.directory = session_dir(settings.data_dir, self.id)
         self.metrics = metrics
         self.level = level
+        self.store = store
+        self.dialect = dialect
+        self.language = language
+        self._finalized: asyncio.Future[dict[str, Any]] | None = None
+        self._late: set[asyncio.Task[None]] = set()
         engine_rate = engine.capabilities.sample_rate
         self.sources: dict[str, SourceState] = {}
         for index, name in enumerate(sources):
@@ -177,6 +203,8 @@ class Session:
                 limit_samples=limit_ms * sample_rate // 1000,
                 recording=Recording(self.directory / f"{name}.pcm", sample_rate),
             )
+            if speakers is not None:
+                self.sources[name].speakers = SourceSpeakers(speakers, name, self._audio_reader(self.sources[name]))
         self._tasks: list[asyncio.Task[None]] = []
         self.degrade(level, announce=False)
 
@@ -185,6 +213,27 @@ class Session:
         return list(self.sources)
 
     def start(self) -> None:
+        if self.store is not None:
+            caps = self.engine.capabilities
+            record = SessionRecord(
+                id=self.id,
+                status="active",
+                created_at=self.created,
+                sources=tuple(self.sources),
+                sample_rate=self.sample_rate,
+                dialect=self.dialect,
+                engine=caps.name,
+                model=caps.model,
+                language=self.language,
+            )
+            sources = [
+                SourceRecord(s.name, s.priority, self.sample_rate, recording=str(s.recording.path))
+                for s in self.sources.values()
+            ]
+            # The store's writer runs writes in order, so this lands before any of the session's items.
+            task = asyncio.create_task(self._store_write(self.store.store.create_session, record, sources))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
         for state in self.sources.values():
             self._tasks.append(asyncio.create_task(self._feed(state), name=f"feed-{state.name}"))
             self._tasks.append(asyncio.create_task(self._forward(state), name=f"forward-{state.name}"))
@@ -261,7 +310,35 @@ class Session:
             if state.shed_spans:
                 await self._repair(state)
 
+    @property
+    def finalized(self) -> bool:
+        """``finalize`` has started (or finished)."""
+        return self._finalized is not None
+
+    async def finalize(self, status: str, event_id: str | None = None) -> dict[str, Any]:
+        """End the session: ``finish`` (flush every source, repair shed spans), settle speakers (``speaker.updated``
+        for changed labels), build the summary, persist it with ``status`` ("completed" | "interrupted"), then put
+        the ``session.summary`` event in the outbox and return it. Called twice, the second call waits for the
+        first's result. See echopanel/server/finalize.py."""
+        if status not in ("completed", "interrupted"):
+            raise ValueError(f"status must be 'completed' or 'interrupted', not {status!r}")
+        if self._finalized is None:
+            self._finalized = asyncio.get_running_loop().create_future()
+            try:
+                payload = await finalize_session(self, status, event_id)
+            except BaseException as exc:
+                self._finalized.set_exception(exc)
+                self._finalized.exception()  # retrieved: the caller gets it raised
+                raise
+            self._finalized.set_result(payload)
+        return await asyncio.shield(self._finalized)
+
     async def aclose(self) -> None:
+        for task in list(self._late):
+            task.cancel()
+        for state in self.sources.values():
+            if state.speakers is not None:
+                state.speakers.cancel()
         for state in self.sources.values():
             await state.stream.aclose()
         for task in self._tasks:
@@ -408,9 +485,97 @@ class Session:
                 continue
             if isinstance(ev, TextDelta) or (isinstance(ev, TextFinal) and not ev.superseded):
                 self._measure(state, ev)
-            if isinstance(ev, TextFinal):
-                self._record_final(state, ev)
-            await self.outbox.put(SourceEvent(state.name, ev))
+            speaker = None
+            if isinstance(ev, SpeechStarted):
+                state.onsets[ev.item] = ev.audio_start_ms
+            elif isinstance(ev, SpeechStopped):
+                onset = state.onsets.pop(ev.item, None)
+                if state.speakers is not None and onset is not None and ev.reason != "gap":
+                    state.speakers.submit(ev.item, onset, ev.audio_end_ms)  # labelled while the final decodes
+            elif isinstance(ev, TextFinal):
+                speaker = await self._live_speaker(state, ev)
+                self._record_final(state, ev, speaker)
+                await self._persist(state, ev, speaker)  # before the client can see it
+            await self.outbox.put(SourceEvent(state.name, ev, speaker))
+
+    # -- speakers and the store ------------------------------------------------------------------------------------
+
+    def _audio_reader(self, state: SourceState) -> Callable[[int, int], np.ndarray]:
+        """Reads [start_ms, end_ms) of the source's recording as float32 at the speaker encoder's rate."""
+        rate = self.sample_rate
+
+        def read(start_ms: int, end_ms: int) -> np.ndarray:
+            pcm = state.recording.read(start_ms * rate // 1000, end_ms * rate // 1000)
+            return resample(pcm16_to_float(pcm), rate, SPEAKER_RATE)
+
+        return read
+
+    async def _live_speaker(self, state: SourceState, ev: TextFinal) -> str | None:
+        if state.speakers is None or ev.superseded or ev.repaired or not ev.text:
+            return None
+        wait_s = self.settings.speaker_wait_ms / 1000
+        label = await state.speakers.label(ev.item, wait_s)
+        job = state.speakers.job(ev.item)
+        if label is None and job is not None and not job.done():
+            # Not ready in time: the final goes out now; the label follows as speaker.updated when it lands.
+            iid = item_id(state.name, ev.item)
+            task = asyncio.create_task(self._late_label(state, iid, job))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        return label
+
+    async def _late_label(self, state: SourceState, iid: str, job: asyncio.Task[str | None]) -> None:
+        await asyncio.wait([job])
+        if job.cancelled() or job.exception() is not None or job.result() is None or self.finalized:
+            return
+        label = job.result()
+        self.relabel(iid, label)
+        if self.store is not None:
+            await self._store_write(self.store.store.set_speakers, self.id, {iid: label})
+
+    def relabel(self, iid: str, label: str | None) -> bool:
+        """Give a transcript item a new speaker label and tell the client (``speaker.updated``); False if unchanged."""
+        for n, t in enumerate(self.transcript):
+            if t.item_id == iid:
+                if t.speaker == label:
+                    return False
+                self.transcript[n] = replace(t, speaker=label)
+                try:
+                    self.outbox.put_nowait(SpeakerUpdated(iid, t.source, label, t.speaker))
+                except asyncio.QueueFull:
+                    log.warning("outbox full; speaker.updated for %s skipped (the summary has it)", iid)
+                return True
+        return False
+
+    async def _persist(self, state: SourceState, ev: TextFinal, speaker: str | None) -> None:
+        if self.store is None or not ev.text:
+            return
+        item = StoredItem(
+            self.id,
+            item_id(state.name, ev.item),
+            state.name,
+            ev.text,
+            ev.start_ms,
+            ev.end_ms,
+            speaker,
+            tuple(
+                {"word": w.text, "start_ms": w.start_ms, "end_ms": w.end_ms, "confidence": w.confidence}
+                for w in ev.words
+            ),
+            ev.engine,
+            ev.repaired,
+            ev.superseded,
+            ev.compute_ms,
+        )
+        await self._store_write(self.store.store.add_item, item)
+
+    async def _store_write(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A store write that never takes the session down: a failing disk is logged, the session goes on."""
+        assert self.store is not None
+        try:
+            await self.store.write(fn, *args)
+        except Exception:
+            log.exception("session %s: store write failed", self.id)
 
     def _measure(self, state: SourceState, ev: TextDelta | TextFinal) -> None:
         now = time.monotonic()
@@ -483,7 +648,7 @@ class Session:
             except asyncio.QueueFull:
                 pass  # a slow client misses a metrics tick rather than stalling anything
 
-    def _record_final(self, state: SourceState, ev: TextFinal) -> None:
+    def _record_final(self, state: SourceState, ev: TextFinal, speaker: str | None = None) -> None:
         if ev.superseded:
             rate = self.sample_rate
             state.superseded.append((ev.start_ms * rate // 1000, ev.end_ms * rate // 1000))
@@ -494,7 +659,14 @@ class Session:
         if ev.text:
             self.transcript.append(
                 TranscriptItem(
-                    item_id(state.name, ev.item), state.name, ev.text, ev.start_ms, ev.end_ms, None, ev.repaired
+                    item_id(state.name, ev.item),
+                    state.name,
+                    ev.text,
+                    ev.start_ms,
+                    ev.end_ms,
+                    speaker,
+                    ev.repaired,
+                    ev.item,
                 )
             )
 
@@ -538,6 +710,7 @@ class Session:
                 if isinstance(ev, TextFinal):
                     ev = _shift(ev, offset_ms)
                     self._record_final(state, ev)
+                    await self._persist(state, ev, None)
                 await self.outbox.put(SourceEvent(state.name, ev))
             log.info("session %s: repaired %d ms of %s from the recording", self.id, self.ms(end - start), state.name)
 

@@ -14,6 +14,7 @@ from openai import AsyncOpenAI
 from openai.types.realtime import (
     ConversationItemInputAudioTranscriptionCompletedEvent,
     ConversationItemInputAudioTranscriptionDeltaEvent,
+    ConversationItemInputAudioTranscriptionSegment,
     InputAudioBufferClearedEvent,
     InputAudioBufferCommittedEvent,
     InputAudioBufferSpeechStartedEvent,
@@ -39,6 +40,7 @@ EXPECTED = {
     "input_audio_buffer.cleared": InputAudioBufferClearedEvent,
     "conversation.item.input_audio_transcription.delta": ConversationItemInputAudioTranscriptionDeltaEvent,
     "conversation.item.input_audio_transcription.completed": ConversationItemInputAudioTranscriptionCompletedEvent,
+    "conversation.item.input_audio_transcription.segment": ConversationItemInputAudioTranscriptionSegment,
     "error": RealtimeErrorEvent,
 }
 RATE = 24000
@@ -91,6 +93,8 @@ async def test_server_vad_stream_with_the_official_sdk(server: ServerProcess) ->
     deltas: dict[str, str] = defaultdict(str)
     completed: dict[str, str] = {}
     committed: list[InputAudioBufferCommittedEvent] = []
+    segments: dict[str, ConversationItemInputAudioTranscriptionSegment] = {}
+    speakers: dict[str, str | None] = {}
     kinds: list[str] = []
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
         created = typed(await conn.recv())
@@ -112,8 +116,11 @@ async def test_server_vad_stream_with_the_official_sdk(server: ServerProcess) ->
                 elif ev.type == "conversation.item.input_audio_transcription.delta":
                     deltas[ev.item_id] += ev.delta or ""
                     assert isinstance(ev.model_extra.get("tentative"), str)
+                elif ev.type == "conversation.item.input_audio_transcription.segment":
+                    segments[ev.item_id] = ev
                 elif ev.type == "conversation.item.input_audio_transcription.completed":
                     completed[ev.item_id] = ev.transcript
+                    speakers[ev.item_id] = ev.model_extra["speaker"]
                     assert ev.usage.type == "duration" and ev.usage.seconds > 0
                     assert ev.model_extra["source"] == "mic" and ev.model_extra["words"]
                     if sender.done() and len(completed) == len(committed) >= len(names):
@@ -133,6 +140,12 @@ async def test_server_vad_stream_with_the_official_sdk(server: ServerProcess) ->
         assert b.previous_item_id == a.item_id
     hyp = " ".join(completed[c.item_id] for c in committed)
     assert wer(" ".join(refs[n] for n in names), hyp) <= 0.10, hyp
+    # Speaker labels: one reader, one label; each item's segment (sent before its completed event) carries it.
+    assert set(speakers.values()) == {"mic:S1"}, speakers
+    for iid, text in completed.items():
+        seg = segments[iid]
+        assert (seg.text, seg.speaker) == (text, speakers[iid]) and 0 <= seg.start < seg.end
+        assert kinds.index(seg.type) < kinds.index("conversation.item.input_audio_transcription.completed")
 
 
 async def test_manual_commits(server: ServerProcess) -> None:

@@ -1,0 +1,161 @@
+"""Session finalization (the contract in docs/protocol.md): what ``Session.finalize(status)`` does, in order.
+
+1. ``finish``: flush every source (every live final sent), repair shed spans from the recordings (``repaired``).
+2. Settle speakers, per source: wait for the live labelling jobs, label the items that have no live label
+   (repaired ones, those past the pending bound) from the recording, re-cluster the whole source, and send
+   ``speaker.updated {item_id, source, speaker, previous}`` for every item whose label changed.
+3. Build the summary over the whole transcript (``echopanel.analysis``, off the event loop).
+4. Persist: items' final labels, speakers, shed spans, summary and the status, in one transaction.
+5. Put ``session.summary`` in the outbox (after everything above, so a client that has it has everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from echopanel.analysis import Utterance, analyse
+from echopanel.speakers.live import label_of_span
+from echopanel.speakers.tracker import SpeakerTurn
+from echopanel.storage.store import Finalization, ShedSpan, SourceRecord, SpeakerRecord
+
+if TYPE_CHECKING:
+    from echopanel.server.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class SpeakerUpdated:
+    """An item's speaker label changed after its final was sent (a late live label, or the final re-clustering)."""
+
+    item_id: str
+    source: str
+    speaker: str | None
+    previous: str | None
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "type": "speaker.updated",
+            "item_id": self.item_id,
+            "source": self.source,
+            "speaker": self.speaker,
+            "previous": self.previous,
+        }
+
+
+async def finalize_session(session: Session, status: str, event_id: str | None) -> dict[str, Any]:
+    started = time.monotonic()
+    await session.finish()
+    flushed = time.monotonic()
+    talk_ms, relabelled = await settle_speakers(session)
+    settled = time.monotonic()
+    transcript = sorted(session.transcript, key=lambda t: (t.start_ms, t.source, t.item_id))
+    utterances = [Utterance(t.item_id, t.source, t.speaker, t.start_ms, t.end_ms, t.text) for t in transcript]
+    analysis = await asyncio.get_running_loop().run_in_executor(None, analyse, utterances, talk_ms)
+    analysed = time.monotonic()
+    totals = analysis.pop("totals")
+    payload: dict[str, Any] = {
+        "type": "session.summary",
+        "session_id": session.id,
+        "status": status,
+        "transcript": [
+            {
+                "item_id": t.item_id,
+                "source": t.source,
+                "text": t.text,
+                "start_ms": t.start_ms,
+                "end_ms": t.end_ms,
+                "speaker": t.speaker,
+                "repaired": t.repaired,
+            }
+            for t in transcript
+        ],
+        **analysis,
+        "stats": {
+            "sources": session.stats(),
+            **totals,
+            "finalize_ms": {
+                "flush": round((flushed - started) * 1000),
+                "speakers": round((settled - flushed) * 1000),
+                "analysis": round((analysed - settled) * 1000),
+            },
+        },
+    }
+    if session.store is not None:
+        fin = Finalization(
+            status=status,
+            ended_at=time.time(),
+            summary=payload,
+            speakers=tuple(
+                SpeakerRecord(row["speaker"], row["source"], row["talk_ms"], row["items"])
+                for row in analysis["speakers"]
+            ),
+            shed_spans=tuple(
+                ShedSpan(name, session.ms(a), session.ms(b))
+                for name, s in session.sources.items()
+                for a, b in s.shed_spans
+            ),
+            sources=tuple(
+                SourceRecord(
+                    name,
+                    s.priority,
+                    session.sample_rate,
+                    session.ms(s.recording.samples),
+                    session.ms(s.dropped_samples),
+                )
+                for name, s in session.sources.items()
+            ),
+            relabelled=relabelled,
+        )
+        await session._store_write(session.store.store.finalize, session.id, fin)
+    if event_id is not None:
+        payload["event_id"] = event_id
+    await session.outbox.put(payload)
+    log.info(
+        "session %s finalized (%s): %d items, flush %.0f ms, speakers %.0f ms, analysis %.0f ms",
+        session.id,
+        status,
+        len(transcript),
+        (flushed - started) * 1000,
+        (settled - flushed) * 1000,
+        (analysed - settled) * 1000,
+    )
+    return payload
+
+
+async def settle_speakers(session: Session) -> tuple[dict[str, int], dict[str, str | None]]:
+    """Final labels for every item (``speaker.updated`` for the changed ones); returns talk time per label (ms,
+    from the final speaker turns) and the changed labels."""
+    talk: dict[str, int] = defaultdict(int)
+    changed: dict[str, str | None] = {}
+    index = {t.item_id: n for n, t in enumerate(session.transcript)}
+    for name, state in session.sources.items():
+        if state.speakers is None:
+            continue
+        mine = [t for t in session.transcript if t.source == name]
+        missing = [(t.number, t.start_ms, t.end_ms) for t in mine]
+        labels, turns = await state.speakers.settle(missing)
+        for turn in turns:
+            talk[turn.speaker] += round((turn.end_s - turn.start_s) * 1000)
+        for t in mine:
+            label = labels.get(t.number) or label_of_span(turns, t.start_ms / 1000, t.end_ms / 1000)
+            if label is None:
+                label = _nearest(turns, t.start_ms / 1000, t.end_ms / 1000)
+            if label != t.speaker:
+                session.transcript[index[t.item_id]] = replace(t, speaker=label)
+                changed[t.item_id] = label
+                await session.outbox.put(SpeakerUpdated(t.item_id, name, label, t.speaker))
+    return dict(talk), changed
+
+
+def _nearest(turns: list[SpeakerTurn], start_s: float, end_s: float) -> str | None:
+    """The speaker of the turn closest in time (for items too short to embed)."""
+    if not turns:
+        return None
+    mid = (start_s + end_s) / 2
+    return min(turns, key=lambda t: max(t.start_s - mid, mid - t.end_s, 0.0)).speaker

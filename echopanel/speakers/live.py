@@ -1,0 +1,179 @@
+"""Speaker labels inside a running session: one ``SpeakerTracker`` per source, fed off the event loop.
+
+``SpeakerService`` is process-wide: the encoder (loaded once, stateless, shared) and a small thread pool where the
+embedding and clustering run. ``SourceSpeakers`` serves one source of one session: when the recognizer closes an
+utterance (``speech_stopped``), its audio (onset to end) is read from the source's recording and given to the
+source's tracker on the pool, while the final decode of the same utterance runs; so by the time the final is ready
+its label usually is too, and the final waits for it at most ``speaker_wait_ms``.
+
+Jobs of one source run one at a time in utterance order (the online clustering depends on the order); sources and
+sessions run in parallel on the pool. Labels are ``"<source>:S<n>"`` ("mic:S1", "system:S2"): each source has its
+own tracker, so speakers of different sources never mix (the microphone is usually one person, and the same person
+heard through the microphone and through the call's audio would otherwise be two labels of one cluster).
+
+Bounds: at most ``max_pending`` utterances waiting per source; past it an utterance gets no live label (the final
+goes out with ``speaker: null``) and is labelled at finalization instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from echopanel.speakers.embedding import SpeakerEncoder, default_weights_path
+from echopanel.speakers.tracker import SpeakerTracker, SpeakerTurn, main_speaker
+
+log = logging.getLogger(__name__)
+
+AudioReader = Callable[[int, int], npt.NDArray[np.float32]]  # (start_ms, end_ms) -> float32 16 kHz mono
+
+MIN_UTTERANCE_MS = 200  # shorter voiced spans carry too little voice to embed; they take a label at finalization
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerCost:
+    """Measured cost of one utterance's labelling on the pool."""
+
+    audio_ms: int
+    compute_ms: float
+
+
+class SpeakerService:
+    """The speaker encoder and the pool its work runs on (process-wide)."""
+
+    def __init__(self, encoder: SpeakerEncoder, *, workers: int = 1, max_pending: int = 32) -> None:
+        self.encoder = encoder
+        self.max_pending = max_pending
+        self.executor = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="speakers")
+        self.costs: list[SpeakerCost] = []  # last few hundred, for benchmarks and logs
+
+    @classmethod
+    def load(cls, *, workers: int = 1, max_pending: int = 32) -> SpeakerService | None:
+        """The service with the packaged weights, or None (labels off, logged) when they are not installed."""
+        try:
+            path = default_weights_path()
+        except FileNotFoundError as exc:
+            log.warning("speaker labels off: %s", exc)
+            return None
+        return cls(SpeakerEncoder.load(path), workers=workers, max_pending=max_pending)
+
+    def record_cost(self, cost: SpeakerCost) -> None:
+        self.costs.append(cost)
+        if len(self.costs) > 512:
+            del self.costs[:256]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class SourceSpeakers:
+    """Live and final speaker labels of one source's items (keys: the recognizer's item numbers)."""
+
+    def __init__(self, service: SpeakerService, source: str, read_audio: AudioReader) -> None:
+        self.service = service
+        self.source = source
+        self._read = read_audio
+        self._tracker = SpeakerTracker(service.encoder)
+        self._spans: dict[int, tuple[int, int]] = {}  # item -> (start_ms, end_ms) given to the tracker
+        self._jobs: dict[int, asyncio.Task[str | None]] = {}
+        self._last: asyncio.Task[str | None] | None = None
+        self._pending = 0
+        self.skipped = 0  # utterances over the bound (labelled at finalization)
+
+    def label_name(self, raw: str | None) -> str | None:
+        return None if raw is None else f"{self.source}:{raw}"
+
+    def submit(self, item: int, start_ms: int, end_ms: int) -> None:
+        """Label the utterance ``item`` (source clock, ms) on the pool, after the source's earlier utterances."""
+        if item in self._jobs or end_ms - start_ms < MIN_UTTERANCE_MS:
+            return
+        if self._pending >= self.service.max_pending:
+            self.skipped += 1
+            return
+        prev = self._last
+        loop = asyncio.get_running_loop()
+
+        async def job() -> str | None:
+            if prev is not None:
+                await asyncio.wait([prev])
+            return await loop.run_in_executor(self.service.executor, self._add, item, start_ms, end_ms)
+
+        self._pending += 1
+        task = loop.create_task(job(), name=f"speaker-{self.source}-{item}")
+        task.add_done_callback(self._done)
+        self._jobs[item] = self._last = task
+
+    def _done(self, task: asyncio.Task[str | None]) -> None:
+        self._pending -= 1
+
+    def job(self, item: int) -> asyncio.Task[str | None] | None:
+        return self._jobs.get(item)
+
+    async def label(self, item: int, wait_s: float) -> str | None:
+        """The live label of ``item``, waiting at most ``wait_s`` for it (None if not ready or not labelled)."""
+        task = self._jobs.get(item)
+        if task is None:
+            return None
+        if not task.done():
+            await asyncio.wait([task], timeout=wait_s)
+            if not task.done():
+                return None
+        return None if task.cancelled() or task.exception() is not None else task.result()
+
+    def _add(self, item: int, start_ms: int, end_ms: int) -> str | None:
+        """On the pool: read the utterance's audio, embed and label it (runs in utterance order)."""
+        t0 = time.perf_counter()
+        try:
+            audio = self._read(start_ms, end_ms)
+            if len(audio) < MIN_UTTERANCE_MS * 16:
+                return None
+            turns = self._tracker.add_utterance(audio, start_ms / 1000)
+        except Exception:
+            log.exception("speaker labelling failed (source %s)", self.source)
+            return None
+        self._spans[item] = (start_ms, end_ms)
+        self.service.record_cost(SpeakerCost(end_ms - start_ms, (time.perf_counter() - t0) * 1000))
+        return self.label_name(main_speaker(turns))
+
+    async def settle(self, missing: list[tuple[int, int, int]]) -> tuple[dict[int, str | None], list[SpeakerTurn]]:
+        """Final labels of every item: waits for the live jobs, labels ``missing`` (item, start_ms, end_ms) items
+        (repaired ones, those over the bound), then re-clusters the whole source. Returns labels and final turns."""
+        jobs = [t for t in self._jobs.values() if not t.done()]
+        if jobs:
+            await asyncio.wait(jobs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.service.executor, self._settle, missing)
+
+    def _settle(self, missing: list[tuple[int, int, int]]) -> tuple[dict[int, str | None], list[SpeakerTurn]]:
+        for item, start_ms, end_ms in missing:
+            if item not in self._spans and end_ms - start_ms >= MIN_UTTERANCE_MS:
+                self._add(item, start_ms, end_ms)
+        try:
+            turns = self._tracker.final_turns()
+        except Exception:
+            log.exception("speaker re-clustering failed (source %s)", self.source)
+            return {}, []
+        named = [SpeakerTurn(t.start_s, t.end_s, f"{self.source}:{t.speaker}") for t in turns]
+        labels = {item: label_of_span(named, a / 1000, b / 1000) for item, (a, b) in self._spans.items()}
+        return labels, named
+
+    def cancel(self) -> None:
+        for task in self._jobs.values():
+            task.cancel()
+
+
+def label_of_span(turns: list[SpeakerTurn], start_s: float, end_s: float) -> str | None:
+    """The speaker with the most time inside [start_s, end_s)."""
+    inside = []
+    for t in turns:
+        a, b = max(t.start_s, start_s), min(t.end_s, end_s)
+        if b > a:
+            inside.append(SpeakerTurn(a, b, t.speaker))
+    return main_speaker(inside)

@@ -1,0 +1,248 @@
+"""Session.finalize on a real Session and a real SQLite store, with a scripted engine (a fake that subclasses the
+engine interface) and, for speakers, the real encoder on real speech read back from the session's recording."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from echopanel.config import Settings
+from echopanel.engines.base import (
+    DecodePolicy,
+    EngineCapabilities,
+    SpeechEngine,
+    SpeechStream,
+    StreamOptions,
+    TurnSettings,
+)
+from echopanel.events import (
+    EngineEvent,
+    RequestCompleted,
+    SourceEvent,
+    SpeechStarted,
+    SpeechStopped,
+    TextFinal,
+    Word,
+    item_id,
+)
+from echopanel.server.finalize import SpeakerUpdated
+from echopanel.server.session import Barrier, Session
+from echopanel.speakers.embedding import default_weights_path
+from echopanel.speakers.live import SpeakerService
+from echopanel.storage.sqlite import SqliteStore
+from echopanel.storage.store import AsyncStore
+
+from support import PHONE
+
+Script = list[tuple[int, int, str]]  # (start_ms, end_ms, text) per utterance
+
+
+class ScriptedStream(SpeechStream):
+    """Emits the scripted utterances whose end the pushed audio has reached, like a recognizer would."""
+
+    def __init__(self, script: Script, options: StreamOptions) -> None:
+        self.script = list(script)
+        self.options = options
+        self.samples = 0
+        self.item = options.first_item
+        self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+
+    @property
+    def audio_ms(self) -> float:
+        return self.samples / 16
+
+    @property
+    def next_item(self) -> int:
+        return self.item
+
+    async def push(self, pcm: np.ndarray) -> None:
+        self.samples += len(pcm)
+        await self._emit_due()
+
+    async def _emit_due(self, everything: bool = False) -> None:
+        while self.script and (everything or self.script[0][1] <= self.samples // 16):
+            start, end, text = self.script.pop(0)
+            n = self.item
+            self.item += 1
+            await self._events.put(SpeechStarted(n, start))
+            await self._events.put(SpeechStopped(n, end))
+            await asyncio.sleep(0.05)  # the "decode"
+            words = tuple(Word(w, start, end, 0.9) for w in text.split()[:1])
+            await self._events.put(TextFinal(n, text, start, end, words, "scripted", 1.0))
+
+    async def skip(self, samples: int) -> None:
+        self.samples += samples
+
+    async def commit(self, event_id: str | None = None) -> None:
+        pass
+
+    async def request(self, response_id: str | None) -> None:
+        await self._events.put(RequestCompleted(response_id))
+
+    async def configure(self, turns: TurnSettings) -> None:
+        pass
+
+    async def clear(self) -> None:
+        pass
+
+    async def flush(self) -> None:
+        await self._emit_due(everything=True)
+
+    async def aclose(self) -> None:
+        await self._events.put(None)
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while (ev := await self._events.get()) is not None:
+            yield ev
+
+
+class ScriptedEngine(SpeechEngine):
+    def __init__(self, scripts: dict[str, Script]) -> None:
+        self.capabilities = EngineCapabilities(name="scripted", model="none")
+        self.policy = DecodePolicy()
+        self.scripts = scripts
+
+    def open_stream(self, options: StreamOptions) -> SpeechStream:
+        return ScriptedStream(self.scripts.get(options.source, []), options)
+
+
+def settings(tmp: Path) -> Settings:
+    return replace(Settings(), data_dir=tmp)
+
+
+class Client:
+    """Takes the session's outbox like the connection's sender does (resolving barriers), keeping every item."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.items: list[Any] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            item = await self.session.outbox.get()
+            if isinstance(item, Barrier):
+                item.done.set_result(None)
+            else:
+                self.items.append(item)
+
+    async def stop(self) -> list[Any]:
+        await asyncio.sleep(0)
+        self.task.cancel()
+        return self.items
+
+
+def pcm(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+SCRIPT: Script = [(500, 2000, "We decided to ship on Friday."), (2500, 4000, "I will send the notes by Monday.")]
+
+
+async def test_finalize_persists_and_summarises(tmp_path: Path) -> None:
+    store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
+    engine = ScriptedEngine({"mic": SCRIPT})
+    session = Session(engine=engine, settings=settings(tmp_path), sources=["mic"], sample_rate=16000, store=store)
+    session.start()
+    client = Client(session)
+    try:
+        await session.append("mic", b"\x00\x00" * 16000 * 5)
+        payload = await session.finalize("completed", "evt_9")
+        again = await session.finalize("completed")  # idempotent: the same result, nothing sent twice
+        assert again is payload
+        events = await client.stop()
+        summaries = [e for e in events if isinstance(e, dict) and e.get("type") == "session.summary"]
+        assert summaries == [payload] and payload["event_id"] == "evt_9"
+        finals = [e for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
+        assert events.index(summaries[0]) > max(events.index(f) for f in finals)  # the summary comes last
+        assert [t["text"] for t in payload["transcript"]] == [text for _, _, text in SCRIPT]
+        assert payload["status"] == "completed"
+        assert [d["item_id"] for d in payload["decisions"]] == ["item_mic_00001"]
+        assert [a["item_id"] for a in payload["action_items"]] == ["item_mic_00002"]
+        assert payload["action_items"][0]["due"] == "by Monday"
+        record = store.store.get_session(session.id)
+        assert record is not None and record.status == "completed" and record.ended_at is not None
+        assert [i.text for i in store.store.items(session.id)] == [text for _, _, text in SCRIPT]
+        assert store.store.summary(session.id) == {k: v for k, v in payload.items() if k != "event_id"}
+        with pytest.raises(ValueError):
+            await session.finalize("done")
+    finally:
+        await session.aclose()
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def speakers() -> SpeakerService:
+    try:
+        default_weights_path()
+    except FileNotFoundError as exc:
+        pytest.skip(f"speaker weights missing: {exc}")
+    service = SpeakerService.load()
+    assert service is not None
+    return service
+
+
+def phone_turns() -> Script:
+    """Single-speaker stretches of the phone call (speakers from its RTTM)."""
+    return [
+        (10780, 14180, "Diane one."),
+        (14700, 17770, "Sheila one."),
+        (18600, 21470, "Diane two."),
+        (21930, 24000, "Sheila two."),
+        (24060, 27850, "Sheila three."),
+        (28500, 29990, "Diane three."),
+    ]
+
+
+async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, speakers: SpeakerService) -> None:
+    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
+    store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
+    engine = ScriptedEngine({"mic": [], "system": phone_turns()})
+    session = Session(
+        engine=engine,
+        settings=replace(settings(tmp_path), speaker_wait_ms=5000),
+        sources=["mic", "system"],
+        sample_rate=rate,
+        overflow="block",  # nothing shed (a repair would replay the script)
+        store=store,
+        speakers=speakers,
+    )
+    session.start()
+    client = Client(session)
+    try:
+        data = pcm(audio)
+        for i in range(0, len(data), 3200):
+            await session.append("system", data[i : i + 3200])
+        payload = await session.finalize("completed")
+        events = await client.stop()
+        finals = [e for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
+        live = {item_id(f.source, f.event.item): f.speaker for f in finals}
+        assert len(live) == len(phone_turns())
+        assert all(label is not None and label.startswith("system:S") for label in live.values()), str(live)
+        final = {t["text"]: t["speaker"] for t in payload["transcript"]}
+        # The two voices get two labels, each stretch the label of its true speaker.
+        diane = {final[t] for t in final if t.startswith("Diane")}
+        sheila = {final[t] for t in final if t.startswith("Sheila")}
+        assert len(diane) == 1 and len(sheila) == 1 and diane != sheila, final
+        updates = [e for e in events if isinstance(e, SpeakerUpdated)]
+        for u in updates:
+            assert u.previous == live[u.item_id]  # what the client had
+        changed = {u.item_id: u.speaker for u in updates}
+        stored = {i.item_id: i.speaker for i in store.store.items(session.id)}
+        for t in payload["transcript"]:
+            assert stored[t["item_id"]] == t["speaker"]
+            if t["item_id"] in changed:
+                assert changed[t["item_id"]] == t["speaker"]
+        talk = {s["speaker"]: s["talk_ms"] for s in payload["speakers"]}
+        assert set(talk) == diane | sheila and all(ms > 1000 for ms in talk.values())
+        assert speakers.costs, "labelling cost is measured"
+    finally:
+        await session.aclose()
+        store.close()

@@ -15,12 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from echopanel.client.listen import ResendBuffer, backoff_delay
 
 from support import ServerProcess, speech_wav, wer
 
-STEMS = [f"sense_and_sensibility_01_austen_64kb-0{n}" for n in (870, 880, 890)]  # 15.4 s of speech
+# Five LibriVox sentences (24.7 s of speech): on three alone, streamed WER varied 0.07-0.16 between runs (tiny.en hears
+# the isolated "ill disposed" as "old-sposed"), too noisy for a bound that should catch lost or repeated audio.
+STEMS = [f"sense_and_sensibility_01_austen_64kb-0{n}" for n in (870, 880, 890, 920, 930)]
 FINAL = re.compile(r"^\[(\d\d):(\d\d) (mic|system)[^\]]*\](?: \(repaired\))? (.*)$")
 
 
@@ -106,11 +109,15 @@ def test_no_audio_server_means_no_default_device(tmp_path: Path) -> None:
 
 
 def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerProcess, tmp_path: Path) -> None:
+    """Speech played into a null sink, captured from its monitor; the connection drops once mid-speech (through a
+    proxy) and the session resumes: the text is still right."""
     wav = tmp_path / "speech.wav"
     reference = speech_wav(wav, STEMS, lead_s=0.5, gap_s=1.0, tail_s=0.5)
+    proxy = TcpProxy(server.port).__enter__()
+    url = f"ws://127.0.0.1:{proxy.port}/v1/live"
     proc = subprocess.Popen(
         [sys.executable, "-m", "echopanel", "listen", "--mic", "ep_mic.monitor", "--system", "ep_system.monitor",
-         "--url", server.url],
+         "--url", url],
         env=pulse,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -139,11 +146,15 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
     try:
         assert live.wait(30), "\n".join(lines)
         assert all_flowing.wait(15), "\n".join(lines)
-        subprocess.run(["paplay", "--device=ep_system", str(wav)], env=pulse, check=True, timeout=60)
+        player = subprocess.Popen(["paplay", "--device=ep_system", str(wav)], env=pulse)
+        time.sleep(5.0)  # mid-way through the first sentence
+        proxy.drop_all()
+        assert player.wait(90) == 0
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, "\n".join(lines)
     finally:
+        proxy.__exit__()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -157,6 +168,7 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
     assert error <= 0.15, output
     assert mic_text == "", output  # the mic sink is silent
     assert "session sess_" in output
+    assert "reconnecting in" in output and "resumed session sess_" in output  # the drop, then the resume
     assert "utterances; session sess_" in output  # the summary after Ctrl-C
 
 

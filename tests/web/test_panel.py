@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import httpx
-from browser_support import CHROMIUM, FLAGS, TcpProxy, free_port, launch, save_screenshot
+from browser_support import CHROMIUM, FLAGS, launch, save_screenshot
 from playwright.sync_api import Browser, Page, Playwright, expect
+from tcp_proxy import TcpProxy, free_port
 
 from support import ServerProcess, run_server, wer
 
@@ -247,3 +248,23 @@ def test_system_audio_from_a_shared_tab(
         expect(page.locator("#summary")).to_contain_text("system:")
     finally:
         browser.close()
+
+
+def test_token_entry(browser: Browser, token_server: ServerProcess) -> None:
+    """A server with a token: without it the page says so (close 1008), with it the session runs; no reload."""
+    page = open_panel(browser, token_server.http + "/")
+    expect(page.locator("#sessions")).to_contain_text("Enter the server's token")
+    page.get_by_role("button", name="Start").click()
+    expect(page.get_by_role("alert")).to_contain_text("This server requires a token", timeout=15_000)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "failed")
+    page.get_by_label("Token").fill("wrong")
+    page.get_by_role("button", name="Start").click()
+    expect(page.get_by_role("alert")).to_contain_text("refused the token", timeout=15_000)
+    page.get_by_label("Token").fill("s3cret")
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "ended", timeout=60_000)
+    session_id = page.locator("#session-id").inner_text()
+    expect(page.locator("#sessions")).to_contain_text(session_id, timeout=10_000)
+    page.context.close()

@@ -92,6 +92,26 @@ def test_live_session_in_browser(
     expect(mic.locator(".received")).to_have_text(re.compile(r"^\d+\.\d s$"))
     expect(mic.locator(".latency")).to_contain_text("ms", timeout=10_000)
 
+    # The view follows the newest text unless the user scrolled back: shrink the log so it scrolls, scroll to the
+    # top, and the next final must not move it; "Jump to newest" brings it back.
+    page.evaluate(
+        "(() => { const t = document.querySelector('#transcript'); t.style.height = '2.5rem';"
+        " t.style.minHeight = '0'; t.scrollTop = 0; t.dispatchEvent(new Event('scroll')); })()"
+    )
+    jump = page.get_by_role("button", name="Jump to newest")
+    count = page.locator(FINALS).count()
+    page.wait_for_function(f"document.querySelectorAll('{FINALS}').length > {count}", timeout=30_000)
+    expect(jump).to_be_visible()
+    assert page.evaluate("document.querySelector('#transcript').scrollTop") == 0
+    jump.click()
+    assert page.evaluate(
+        "(() => { const t = document.querySelector('#transcript');"
+        " return t.scrollTop > 0 && t.scrollTop + t.clientHeight >= t.scrollHeight - 30; })()"
+    )
+    page.evaluate(
+        "(() => { const t = document.querySelector('#transcript'); t.style.height = ''; t.style.minHeight = ''; })()"
+    )
+
     # Let the whole file play, then wait (bounded) for its five sentences to be final.
     duration_s = wav.stat().st_size / 32000
     time.sleep(max(0.0, duration_s - (time.monotonic() - started)))

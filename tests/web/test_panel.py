@@ -288,3 +288,35 @@ def test_token_entry(browser: Browser, token_server: ServerProcess) -> None:
     session_id = page.locator("#session-id").inner_text()
     expect(page.locator("#sessions")).to_contain_text(session_id, timeout=10_000)
     page.context.close()
+
+
+def test_client_buffer_bound(browser: Browser, server: ServerProcess) -> None:
+    """The page's resend buffer (echopanel/web/buffer.js) in the real browser: bound at N and N+1, ack, silence for
+    audio dropped at the bound, rebase for a new session."""
+    page = open_panel(browser, server.http + "/")
+    result = page.evaluate(
+        """async () => {
+          const { SourceBuffer } = await import('/static/buffer.js');
+          const b = new SourceBuffer(100);
+          const chunk = (v) => new Int16Array(20).fill(v);
+          for (let i = 0; i < 5; i++) b.push(chunk(i));
+          const atBound = [b.start, b.end, b.lost];
+          b.push(chunk(5));
+          const past = [b.start, b.end, b.lost];
+          b.ack(60);
+          const acked = [b.start, b.lost];
+          const middle = Array.from(b.read(70, 15));
+          const gone = Array.from(b.read(40, 10));
+          b.rebase();
+          return {atBound, past, acked, middle, gone, rebased: [b.start, b.end, b.acked],
+                  first: b.read(0, 1)[0]};
+        }"""
+    )
+    assert result["atBound"] == [0, 100, 0]  # N: nothing dropped
+    assert result["past"] == [20, 120, 20]  # N + 1: the oldest chunk went, unacknowledged: lost
+    assert result["acked"] == [60, 20]
+    assert result["middle"] == [3] * 10 + [4] * 5
+    assert result["gone"] == [0] * 10  # dropped audio reads as silence, so times stay aligned
+    assert result["rebased"] == [0, 60, 0]  # what the server never acknowledged, counted from 0
+    assert result["first"] == 3
+    page.context.close()

@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--url", default=_env("URL", "ws://127.0.0.1:8765/v1/live"))
     ls.add_argument("--token", default=_env("TOKEN"))
 
+    from echopanel import sessions_cli
+
+    sessions_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "sessions":
+        return sessions_cli.run(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "listen":

@@ -21,6 +21,7 @@ class Word:
 class SpeechStarted:
     item: int
     audio_start_ms: int
+    held_from_ms: int | None = None  # first audio the recognizer holds for this utterance (pre-roll included)
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,6 +100,8 @@ class SourceEvent:
     source: str
     event: EngineEvent
     speaker: str | None = None  # finals: the live speaker label ("mic:S1"), when known
+    # finals: live speaker turns inside the utterance, (start_ms, end_ms, label); one voice: one turn
+    speaker_turns: tuple[tuple[int, int, str], ...] = ()
 
 
 def item_id(source: str, item: int) -> str:

@@ -148,7 +148,8 @@ def entities(sentences: list[Sentence], limit: int = 40) -> list[Entity]:
             candidates.append((surface, s.item_id, at_start, s.text[m.end() :]))
     for surface, item, at_start, rest in candidates:
         key = surface.lower()
-        if at_start and key not in mid_sentence and not surface.isupper():
+        person = _name_type(surface, rest) == "PERSON" and key not in STOPWORDS
+        if at_start and key not in mid_sentence and not surface.isupper() and not person:
             continue  # only ever capitalised because it starts a sentence
         names.setdefault(key, surface)
         found[(names[key], _name_type(surface, rest))].append(item)

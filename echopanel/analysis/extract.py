@@ -34,7 +34,7 @@ _MODAL = (
 _SUBJECT = r"(?P<subject>(?i:i|we|you|he|she|they|someone|somebody)|[A-Z][a-z]+)"
 _COMMITMENT = re.compile(rf"\b{_SUBJECT}\s*{_MODAL}\s+(?:also\s+|then\s+|just\s+|please\s+)?(?P<verb>[A-Za-z]+)")
 _REQUEST = re.compile(
-    r"\b(?:can|could|would|will)\s+(?P<subject>you|someone|somebody|[A-Z][a-z]+)\s+(?:please\s+)?(?P<verb>[A-Za-z]+)",
+    r"\b(?:can|could|would|will)\s+(?P<subject>you|someone|somebody|(?-i:[A-Z][a-z]+))\s+(?:(?:please|also|just|quickly)\s+)*(?P<verb>[A-Za-z]+)",
     re.IGNORECASE,
 )
 _LETS = re.compile(r"\b(?:let's|let’s|let us)\s+(?P<verb>[A-Za-z]+)", re.IGNORECASE)
@@ -115,7 +115,7 @@ def action_of(s: Sentence) -> Finding | None:
                 continue  # "we can do X" is an option, not a commitment, unless it has a deadline
             return Finding("action", text, s.item_id, s.speaker, s.start_ms, _owner(subject, s.speaker), due)
         m = _LETS.search(text)
-        if m and m.group("verb").lower() not in _NOT_TASKS | {"go", "say", "move"}:
+        if m and m.group("verb").lower() not in _NOT_TASKS | _FLOW_VERBS:
             return Finding("action", text, s.item_id, s.speaker, s.start_ms, "we", due)
         m = _PLEASE.search(text)
         if m and m.group("verb").lower() not in _NOT_TASKS:
@@ -124,6 +124,9 @@ def action_of(s: Sentence) -> Finding | None:
         return Finding("action", text, s.item_id, s.speaker, s.start_ms, None, due)
     return None
 
+
+# "Let's get started", "let's move on": running the meeting, not tasks.
+_FLOW_VERBS = frozenset("go get start begin move say see talk wrap continue recap kick hear".split())
 
 # Capitalised words that start sentences or clauses and are not names.
 _NON_NAMES = frozenset(

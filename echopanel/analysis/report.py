@@ -14,8 +14,8 @@ ANALYSIS_VERSION = 1
 
 
 def talk_time(utterances: list[Utterance], turns: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """Per speaker: talk time (from speaker turns when given, else the items' spans), share, items and words.
-    Items without a speaker count under their source's name ("mic", "system")."""
+    """Per speaker: talk time (from speaker turns when given, else the items' spans), share, items (where they
+    are the main speaker) and words. Items without a speaker count under their source's name ("mic", "system")."""
     by: dict[str, dict[str, Any]] = {}
     for u in utterances:
         label = u.speaker or u.source
@@ -25,8 +25,9 @@ def talk_time(utterances: list[Utterance], turns: dict[str, int] | None = None) 
         row["talk_ms"] += max(0, u.end_ms - u.start_ms)
     if turns:
         for label, ms in turns.items():
-            if label in by:
-                by[label]["talk_ms"] = ms
+            # A speaker heard only inside others' items (overlapping talk) still has talk time.
+            row = by.setdefault(label, {"speaker": label, "source": label.split(":")[0], "items": 0, "words": 0})
+            row["talk_ms"] = ms
     total = sum(r["talk_ms"] for r in by.values()) or 1
     rows = sorted(by.values(), key=lambda r: (-r["talk_ms"], r["speaker"]))
     for r in rows:

@@ -23,6 +23,8 @@ DUPLICATE_COSINE = 0.6
 
 def target_length(n_sentences: int) -> int:
     """How many sentences the summary keeps: about the square root of the transcript's, 3 to 15."""
+    if n_sentences <= 0:
+        return 0
     return max(1, min(n_sentences, max(3, min(15, round(math.sqrt(n_sentences))))))
 
 

@@ -263,7 +263,7 @@ class VadStreamingRecognizer(SpeechStream):
                 # Speech already going on when a shed gap ended: this utterance starts mid-phrase.
                 self._open.cut = utt.onset - self._gap_end <= 3 * WINDOW
                 self._gap_end = None
-            await self._emit(SpeechStarted(utt.item, utt.onset // self._ms))
+            await self._emit(SpeechStarted(utt.item, utt.onset // self._ms, utt.audio_start // self._ms))
             return
         item = self._open if self._open is not None and self._open.utt is utt else _Item(utt)
         self._open = None

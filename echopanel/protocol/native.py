@@ -65,6 +65,8 @@ def to_wire(se: SourceEvent) -> dict[str, Any]:
             "compute_ms": ev.compute_ms,
             "repaired": ev.repaired,
         }
+        if se.speaker_turns:
+            out["speaker_turns"] = [{"speaker": s, "start_ms": a, "end_ms": b} for a, b, s in se.speaker_turns]
         if ev.superseded:
             out["superseded"] = True
         if ev.response_id is not None:

@@ -52,7 +52,7 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
     started = time.monotonic()
     await session.finish()
     flushed = time.monotonic()
-    talk_ms, relabelled = await settle_speakers(session)
+    talk_ms, relabelled, turns = await settle_speakers(session)
     settled = time.monotonic()
     transcript = sorted(session.transcript, key=lambda t: (t.start_ms, t.source, t.item_id))
     utterances = [Utterance(t.item_id, t.source, t.speaker, t.start_ms, t.end_ms, t.text) for t in transcript]
@@ -74,6 +74,15 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
                 "repaired": t.repaired,
             }
             for t in transcript
+        ],
+        "speaker_turns": [
+            {
+                "source": source,
+                "speaker": t.speaker,
+                "start_ms": round(t.start_s * 1000),
+                "end_ms": round(t.end_s * 1000),
+            }
+            for source, t in turns
         ],
         **analysis,
         "stats": {
@@ -128,9 +137,12 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
     return payload
 
 
-async def settle_speakers(session: Session) -> tuple[dict[str, int], dict[str, str | None]]:
+async def settle_speakers(
+    session: Session,
+) -> tuple[dict[str, int], dict[str, str | None], list[tuple[str, SpeakerTurn]]]:
     """Final labels for every item (``speaker.updated`` for the changed ones); returns talk time per label (ms,
-    from the final speaker turns) and the changed labels."""
+    from the final speaker turns), the changed labels, and the final turns (source, turn) in time order."""
+    all_turns: list[tuple[str, SpeakerTurn]] = []
     talk: dict[str, int] = defaultdict(int)
     changed: dict[str, str | None] = {}
     index = {t.item_id: n for n, t in enumerate(session.transcript)}
@@ -140,6 +152,7 @@ async def settle_speakers(session: Session) -> tuple[dict[str, int], dict[str, s
         mine = [t for t in session.transcript if t.source == name]
         missing = [(t.number, t.start_ms, t.end_ms) for t in mine]
         labels, turns = await state.speakers.settle(missing)
+        all_turns.extend((name, t) for t in turns)
         for turn in turns:
             talk[turn.speaker] += round((turn.end_s - turn.start_s) * 1000)
         for t in mine:
@@ -150,7 +163,8 @@ async def settle_speakers(session: Session) -> tuple[dict[str, int], dict[str, s
                 session.transcript[index[t.item_id]] = replace(t, speaker=label)
                 changed[t.item_id] = label
                 await session.outbox.put(SpeakerUpdated(t.item_id, name, label, t.speaker))
-    return dict(talk), changed
+    all_turns.sort(key=lambda st: (st[1].start_s, st[0]))
+    return dict(talk), changed, all_turns
 
 
 def _nearest(turns: list[SpeakerTurn], start_s: float, end_s: float) -> str | None:

@@ -486,17 +486,22 @@ class Session:
             if isinstance(ev, TextDelta) or (isinstance(ev, TextFinal) and not ev.superseded):
                 self._measure(state, ev)
             speaker = None
+            turns: tuple[tuple[int, int, str], ...] = ()
             if isinstance(ev, SpeechStarted):
-                state.onsets[ev.item] = ev.audio_start_ms
+                state.onsets[ev.item] = ev.audio_start_ms if ev.held_from_ms is None else ev.held_from_ms
             elif isinstance(ev, SpeechStopped):
                 onset = state.onsets.pop(ev.item, None)
                 if state.speakers is not None and onset is not None and ev.reason != "gap":
-                    state.speakers.submit(ev.item, onset, ev.audio_end_ms)  # labelled while the final decodes
+                    # The utterance's audio as the recognizer holds it (pre-roll included), labelled while its final
+                    # decodes.
+                    state.speakers.submit(ev.item, onset, ev.audio_end_ms)
             elif isinstance(ev, TextFinal):
                 speaker = await self._live_speaker(state, ev)
+                if speaker is not None and state.speakers is not None:
+                    turns = state.speakers.live_turns.get(ev.item, ())
                 self._record_final(state, ev, speaker)
                 await self._persist(state, ev, speaker)  # before the client can see it
-            await self.outbox.put(SourceEvent(state.name, ev, speaker))
+            await self.outbox.put(SourceEvent(state.name, ev, speaker, turns))
 
     # -- speakers and the store ------------------------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ class SourceSpeakers:
         self._read = read_audio
         self._tracker = SpeakerTracker(service.encoder)
         self._spans: dict[int, tuple[int, int]] = {}  # item -> (start_ms, end_ms) given to the tracker
+        self.live_turns: dict[int, tuple[tuple[int, int, str], ...]] = {}  # item -> live (start_ms, end_ms, label)
         self._jobs: dict[int, asyncio.Task[str | None]] = {}
         self._last: asyncio.Task[str | None] | None = None
         self._pending = 0
@@ -139,6 +140,9 @@ class SourceSpeakers:
             log.exception("speaker labelling failed (source %s)", self.source)
             return None
         self._spans[item] = (start_ms, end_ms)
+        self.live_turns[item] = tuple(
+            (round(t.start_s * 1000), round(t.end_s * 1000), f"{self.source}:{t.speaker}") for t in turns
+        )
         self.service.record_cost(SpeakerCost(end_ms - start_ms, (time.perf_counter() - t0) * 1000))
         return self.label_name(main_speaker(turns))
 

@@ -2,14 +2,16 @@
 
 Each sentence is scored by the TF-IDF weight of its content terms (term frequency over the whole transcript, inverse
 document frequency over items), normalised by its length, so sentences about what the meeting kept returning to
-score high. The session's time line is cut into equal slices (about one per minute and a half, 3-12 slices) and the
-best sentence of each slice is taken first, so the summary covers the whole meeting and not only its busiest
-stretch; then the best remaining sentences fill up to the target length, skipping near-duplicates of sentences
-already taken (cosine of term vectors >= 0.6). The result is in time order, each sentence pointing at its item.
+score high. The session's time line is cut into slices (the first minute, the last minute, and the time between in
+slices of about a minute and a half; 3-12 in all) and the best sentence of each slice is taken first, so the summary
+covers the whole meeting, how it opened and how it closed, and not only its busiest stretch; then the best remaining
+sentences fill up to the target length, skipping near-duplicates of sentences already taken (cosine of term vectors
+>= 0.6). The result is in time order, each sentence pointing at its item.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 
@@ -17,6 +19,7 @@ from echopanel.analysis.text import Sentence, Utterance, content_terms, sentence
 
 MIN_TERMS = 3  # shorter sentences ("Okay, sounds good.") are never summary material
 SLICE_MS = 90_000
+OPENING_MS = 60_000  # how the meeting opened and how it closed each get a slice of their own
 MIN_SLICES, MAX_SLICES = 3, 12
 DUPLICATE_COSINE = 0.6
 
@@ -42,25 +45,20 @@ def summarize(utterances: list[Utterance], max_sentences: int | None = None) -> 
     weight = {t: (1 + math.log(tf[t])) * math.log(1 + n_docs / df[t]) if df[t] else 0.0 for t in tf}
     score = {i: sum(weight[t] for t in set(terms[i])) / math.sqrt(len(terms[i])) for i in candidates}
 
-    want = max_sentences or target_length(len(candidates))
     start = min(sentences[i].start_ms for i in candidates)
-    end = max(sentences[i].end_ms for i in candidates)
-    slices = max(MIN_SLICES, min(MAX_SLICES, math.ceil((end - start) / SLICE_MS)))
-    slices = min(slices, want)
-    width = max(1, (end - start) / slices)
+    end = max(sentences[i].start_ms for i in candidates) + 1
+    edges = time_slices(start, end)
+    want = max_sentences or min(len(candidates), max(target_length(len(candidates)), len(edges) - 1))
     chosen: list[int] = []
     vectors = {i: Counter(terms[i]) for i in candidates}
 
     def distinct(i: int) -> bool:
         return all(_cosine(vectors[i], vectors[j]) < DUPLICATE_COSINE for j in chosen)
 
-    for k in range(slices):
-        lo, hi = start + k * width, start + (k + 1) * width
-        inside = [
-            i
-            for i in candidates
-            if lo <= sentences[i].start_ms < hi or (k == slices - 1 and sentences[i].start_ms >= hi)
-        ]
+    for lo, hi in itertools.pairwise(edges):
+        if len(chosen) >= want:
+            break
+        inside = [i for i in candidates if lo <= sentences[i].start_ms < hi]
         for i in sorted(inside, key=lambda i: (-score[i], i)):
             if distinct(i):
                 chosen.append(i)
@@ -71,6 +69,17 @@ def summarize(utterances: list[Utterance], max_sentences: int | None = None) -> 
         if i not in chosen and distinct(i):
             chosen.append(i)
     return [sentences[i] for i in sorted(chosen)]
+
+
+def time_slices(start: int, end: int) -> list[int]:
+    """Slice edges over [start, end): the opening minute, the closing minute, and the time between cut into slices
+    of about ``SLICE_MS``, ``MIN_SLICES`` to ``MAX_SLICES`` in all (equal thirds when the meeting is short)."""
+    span = end - start
+    if span < 3 * OPENING_MS:
+        return [start + span * k // MIN_SLICES for k in range(MIN_SLICES)] + [end]
+    middle = max(1, min(MAX_SLICES - 2, math.ceil((span - 2 * OPENING_MS) / SLICE_MS)))
+    lo, hi = start + OPENING_MS, end - OPENING_MS
+    return [start, *(lo + (hi - lo) * k // middle for k in range(middle)), hi, end]
 
 
 def _cosine(a: Counter[str], b: Counter[str]) -> float:

@@ -88,6 +88,7 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
         "stats": {
             "sources": session.stats(),
             **totals,
+            "speaker_labels": {n: s.speakers.stats() for n, s in session.sources.items() if s.speakers is not None},
             "finalize_ms": {
                 "flush": round((flushed - started) * 1000),
                 "speakers": round((settled - flushed) * 1000),

@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,6 +88,19 @@ class SourceSpeakers:
         self._last: asyncio.Task[str | None] | None = None
         self._pending = 0
         self.skipped = 0  # utterances over the bound (labelled at finalization)
+        self.late = 0  # finals sent before their label was ready (it followed as speaker.updated)
+        self.waits_ms: deque[float] = deque(maxlen=1000)  # how long finals waited for their label
+        self.costs_ms: deque[float] = deque(maxlen=1000)  # labelling compute per utterance
+
+    def stats(self) -> dict[str, object]:
+        """Labelling figures of this source for the summary's stats."""
+        return {
+            "labelled": len(self._spans),
+            "late": self.late,
+            "skipped": self.skipped,
+            "wait_ms": _percentiles(self.waits_ms),
+            "cost_ms": _percentiles(self.costs_ms),
+        }
 
     def label_name(self, raw: str | None) -> str | None:
         return None if raw is None else f"{self.source}:{raw}"
@@ -123,9 +137,14 @@ class SourceSpeakers:
         if task is None:
             return None
         if not task.done():
+            t0 = time.perf_counter()
             await asyncio.wait([task], timeout=wait_s)
+            self.waits_ms.append((time.perf_counter() - t0) * 1000)
             if not task.done():
+                self.late += 1
                 return None
+        else:
+            self.waits_ms.append(0.0)
         return None if task.cancelled() or task.exception() is not None else task.result()
 
     def _add(self, item: int, start_ms: int, end_ms: int) -> str | None:
@@ -143,7 +162,9 @@ class SourceSpeakers:
         self.live_turns[item] = tuple(
             (round(t.start_s * 1000), round(t.end_s * 1000), f"{self.source}:{t.speaker}") for t in turns
         )
-        self.service.record_cost(SpeakerCost(end_ms - start_ms, (time.perf_counter() - t0) * 1000))
+        cost = SpeakerCost(end_ms - start_ms, (time.perf_counter() - t0) * 1000)
+        self.costs_ms.append(cost.compute_ms)
+        self.service.record_cost(cost)
         return self.label_name(main_speaker(turns))
 
     async def settle(self, missing: list[tuple[int, int, int]]) -> tuple[dict[int, str | None], list[SpeakerTurn]]:
@@ -171,6 +192,14 @@ class SourceSpeakers:
     def cancel(self) -> None:
         for task in self._jobs.values():
             task.cancel()
+
+
+def _percentiles(values: deque[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
+    return {"p50": pick(0.5), "p95": pick(0.95), "max": round(ordered[-1], 1)}
 
 
 def label_of_span(turns: list[SpeakerTurn], start_s: float, end_s: float) -> str | None:

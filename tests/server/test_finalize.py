@@ -246,3 +246,40 @@ async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, 
     finally:
         await session.aclose()
         store.close()
+
+
+async def test_a_label_not_ready_in_time_follows_as_speaker_updated(tmp_path: Path, speakers: SpeakerService) -> None:
+    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
+    store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
+    engine = ScriptedEngine({"mic": phone_turns()})
+    session = Session(
+        engine=engine,
+        settings=replace(settings(tmp_path), speaker_wait_ms=0),  # finals never wait for their label
+        sources=["mic"],
+        sample_rate=rate,
+        overflow="block",
+        store=store,
+        speakers=speakers,
+    )
+    session.start()
+    client = Client(session)
+    try:
+        data = pcm(audio)
+        for i in range(0, len(data), 3200):
+            await session.append("mic", data[i : i + 3200])
+        payload = await session.finalize("completed")
+        events = await client.stop()
+        finals = {
+            item_id(e.source, e.event.item): e.speaker
+            for e in events
+            if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)
+        }
+        late = [e for e in events if isinstance(e, SpeakerUpdated) and e.previous is None]
+        assert late and all(finals[u.item_id] is None for u in late)  # sent without a label, the label followed
+        assert session.sources["mic"].speakers is not None and session.sources["mic"].speakers.late >= len(late)
+        stored = {i.item_id: i.speaker for i in store.store.items(session.id)}
+        assert all(stored[t["item_id"]] == t["speaker"] is not None for t in payload["transcript"])
+        assert payload["stats"]["speaker_labels"]["mic"]["late"] >= len(late)
+    finally:
+        await session.aclose()
+        store.close()

@@ -4,6 +4,7 @@ summary of a 10-minute meeting-like stream (real speech spread over ten minutes,
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import itertools
 import json
@@ -222,3 +223,32 @@ async def test_kill_9_keeps_every_final_the_client_received(tmp_path: Path) -> N
             assert (await http.get(f"/v1/sessions/{sid}")).status_code == 404
         assert not recordings.exists()
         assert cli(tmp_path, "show", sid).returncode == 1
+
+
+async def test_openai_dialect_session_is_stored_when_the_client_hangs_up(server: ServerProcess) -> None:
+    from openai import AsyncOpenAI
+
+    pcm24 = pcm16(
+        np.concatenate(
+            [read_audio(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav", 24000), np.zeros(24000, np.float32)]
+        )
+    )
+    client = AsyncOpenAI(base_url=f"{server.http}/v1", api_key="x", max_retries=0)
+    async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        created = await conn.recv()
+        sid = created.session.id  # type: ignore[union-attr]
+        for i in range(0, len(pcm24), 4800):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(pcm24[i : i + 4800]).decode())
+        async for ev in conn:
+            if ev.type == "conversation.item.input_audio_transcription.completed":
+                text = ev.transcript
+                break
+    async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+        for _ in range(100):
+            detail = (await http.get(f"/v1/sessions/{sid}")).json()
+            if detail["status"] != "active":
+                break
+            await asyncio.sleep(0.1)
+    assert detail["status"] == "completed" and detail["dialect"] == "openai"
+    assert [i["text"] for i in detail["items"]] == [text] and detail["items"][0]["speaker"] == "mic:S1"
+    assert detail["summary"]["status"] == "completed"

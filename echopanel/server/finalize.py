@@ -121,6 +121,7 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
                 for name, s in session.sources.items()
             ),
             relabelled=relabelled,
+            keep_items=tuple(t.item_id for t in transcript),
         )
         await session._store_write(session.store.store.finalize, session.id, fin)
     if event_id is not None:

@@ -191,8 +191,15 @@ class SqliteStore:
                 "UPDATE items SET speaker = ? WHERE session_id = ? AND item_id = ?",
                 [(label, session_id, iid) for iid, label in fin.relabelled.items()],
             )
-            if fin.superseded_replaced:
+            if fin.keep_items is None:
                 c.execute("DELETE FROM items WHERE session_id = ? AND superseded = 1", (session_id,))
+            else:
+                keep = set(fin.keep_items)
+                stored = [r[0] for r in c.execute("SELECT item_id FROM items WHERE session_id = ?", (session_id,))]
+                c.executemany(
+                    "DELETE FROM items WHERE session_id = ? AND item_id = ?",
+                    [(session_id, iid) for iid in stored if iid not in keep],
+                )
             c.execute("DELETE FROM speakers WHERE session_id = ?", (session_id,))
             c.executemany(
                 "INSERT INTO speakers (session_id, label, source, talk_ms, items) VALUES (?, ?, ?, ?, ?)",

@@ -128,7 +128,9 @@ class Finalization:
     sources: tuple[SourceRecord, ...] = ()
     # item_id -> final speaker label, for items whose label changed
     relabelled: dict[str, str | None] = field(default_factory=dict)
-    superseded_replaced: bool = True  # superseded items were replaced by repaired ones: drop them
+    # The final transcript's item ids: stored items not among them (superseded by a repair, replaced by a decode
+    # again with the primary engine) are deleted. None: keep every item, only drop superseded ones.
+    keep_items: tuple[str, ...] | None = None
 
 
 class SessionStore(Protocol):

@@ -71,6 +71,18 @@ def test_finalize_writes_everything_at_once(store: SqliteStore) -> None:
     assert store.sources("sess_a")[0].dropped_ms == 1000
 
 
+def test_finalize_keeps_only_the_final_transcript(store: SqliteStore) -> None:
+    store.create_session(record(), [])
+    for n in (1, 2, 3):
+        store.add_item(item("sess_a", n))
+    # item 2 was decoded again at finalization (e.g. by the primary engine after a fallback) as item 4
+    store.add_item(item("sess_a", 4, "better", repaired=True))
+    store.finalize(
+        "sess_a", Finalization("completed", 2.0, {}, keep_items=("item_mic_00001", "item_mic_00003", "item_mic_00004"))
+    )
+    assert [i.item_id for i in store.items("sess_a")] == ["item_mic_00001", "item_mic_00003", "item_mic_00004"]
+
+
 def test_restart_marks_active_sessions_interrupted(tmp_path: Path) -> None:
     first = SqliteStore(tmp_path / "db")
     first.create_session(record("sess_live"), [])

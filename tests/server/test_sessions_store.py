@@ -195,6 +195,11 @@ async def test_kill_9_keeps_every_final_the_client_received(tmp_path: Path) -> N
                 if ev["type"] == "response.done" and ev["text"]:
                     received[ev["item_id"]] = ev["text"]
                     if len(received) == 3:
+                        async with httpx.AsyncClient(base_url=first.http, timeout=30) as http:
+                            live = await http.get(f"/v1/sessions/{sid}", params={"words": "0"})
+                            assert live.json()["status"] == "active" and "words" not in live.json()["items"][0]
+                            refused = await http.delete(f"/v1/sessions/{sid}")
+                            assert refused.status_code == 409 and refused.json()["error"]["code"] == "session_active"
                         first.proc.kill()  # SIGKILL: no shutdown, no finalization
                         first.proc.wait(10)
                         break

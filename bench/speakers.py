@@ -8,7 +8,9 @@ What it measures
     3. Server: the phone call, then the 4-speaker stream, at real-time pace into one session each on a real server
        (port 0); from each ``session.summary``: ``stats.speaker_labels`` (how long finals waited for their label,
        how many went out without one, labelling cost per utterance on the server), the final DER of the phone call,
-       and the final latency p50/p95 from ``session.metrics``. Run with ``--no-speakers`` to compare the final
+       the final latency p50/p95 from ``session.metrics``, and the largest event-loop lag the server's gauge showed
+       (sampled every 0.1 s: the numpy LSTM holds the GIL between its small matrix products). Run with
+       ``--no-speakers`` to compare the final
        latency with labels off (ECHOPANEL_SPEAKERS=0).
 
 How to run (from the repository root; hold /tmp/echopanel-bench.lock while it runs on a shared machine)
@@ -23,10 +25,12 @@ import asyncio
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench.common import ROOT, start_server
@@ -98,14 +102,30 @@ async def session(url: str, audio: np.ndarray) -> tuple[dict[str, Any], list[dic
     return view.summary, metrics
 
 
+def watch_loop_lag(http: str, stop: threading.Event, out: list[float]) -> None:
+    """Samples the server's event-loop lag gauge (how late its 0.5 s controller timer fired) every 0.1 s."""
+    with httpx.Client(base_url=http, timeout=5) as client:
+        while not stop.wait(0.1):
+            for line in client.get("/metrics").text.splitlines():
+                if line.startswith("echopanel_event_loop_lag_seconds "):
+                    out.append(float(line.split()[1]) * 1000)
+
+
 def server(speakers: bool) -> None:
     env = {} if speakers else {"ECHOPANEL_SPEAKERS": "0"}
     with start_server(env=env) as srv:
         for name, audio in (("phone call", read("phone/sample.wav")), ("4 speakers", four_speaker_stream().audio)):
+            lags: list[float] = []
+            stop = threading.Event()
+            watcher = threading.Thread(target=watch_loop_lag, args=(srv.http, stop, lags), daemon=True)
+            watcher.start()
             summary, metrics = asyncio.run(session(srv.url, audio))
+            stop.set()
+            watcher.join()
             final = metrics[-1]["sources"]["mic"]["final_latency_ms"] if metrics else None
             labels = summary["stats"].get("speaker_labels", {}).get("mic")
-            line = f"{name} at real-time pace: final latency {final}; labels {labels}"
+            lag = f"event-loop lag max {max(lags):.1f} ms" if lags else "no lag samples"
+            line = f"{name} at real-time pace: final latency {final}; {lag}; labels {labels}"
             if name == "phone call" and speakers:
                 ref = read_rttm(ROOT / "tests/fixtures/audio/phone/sample.rttm")
                 hyp = [(t["start_ms"] / 1000, t["end_ms"] / 1000, t["speaker"]) for t in summary["speaker_turns"]]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -49,10 +51,12 @@ class SpeakerCost:
 class SpeakerService:
     """The speaker encoder and the pool its work runs on (process-wide)."""
 
-    def __init__(self, encoder: SpeakerEncoder, *, workers: int = 1, max_pending: int = 32) -> None:
+    def __init__(self, encoder: SpeakerEncoder, *, workers: int = 1, max_pending: int = 32, nice: int = 5) -> None:
         self.encoder = encoder
         self.max_pending = max_pending
-        self.executor = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="speakers")
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max(1, workers), thread_name_prefix="speakers", initializer=_lower_priority, initargs=(nice,)
+        )
         self.costs: list[SpeakerCost] = []  # last few hundred, for benchmarks and logs
 
     @classmethod
@@ -192,6 +196,17 @@ class SourceSpeakers:
     def cancel(self) -> None:
         for task in self._jobs.values():
             task.cancel()
+
+
+def _lower_priority(nice: int) -> None:
+    """Run this pool thread at a lower CPU priority than the inference threads (Linux: per-thread nice), so a long
+    utterance's labelling does not slow the final decode it runs beside."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError:
+        pass
 
 
 def _percentiles(values: deque[float]) -> dict[str, float | None]:

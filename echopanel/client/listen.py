@@ -320,6 +320,8 @@ class Listener:
             return "done"
         if code == 1008 and ws.close_reason == "unauthorized":
             raise FatalConnectionError("the server refused the token (close 1008): pass the right --token")
+        if code == 4000:
+            raise FatalConnectionError("the session was resumed by another connection (close 4000)")
         return f"connection lost (close {code})"
 
     async def _send(self, ws: ClientConnection, event: dict[str, Any]) -> str:
@@ -506,7 +508,10 @@ def final_line(ev: dict[str, Any]) -> str:
     who = (
         "" if not speaker else (str(speaker)[len(source) :] if str(speaker).startswith(source + ":") else f" {speaker}")
     )
+    replaces = ev.get("replaces") or []
     flag = " (repaired)" if ev.get("repaired") else ""
+    if replaces:
+        flag = f" (repaired: replaces {', '.join(map(str, replaces))})"
     return f"[{s // 60:02d}:{s % 60:02d} {source}{who}]{flag} {ev.get('text', '').strip()}"
 
 

@@ -300,6 +300,10 @@ function onSocketClosed(ev) {
         : "This server requires a token: enter it and press Start again.",
     );
   }
+  if (ev.code === 4000) {
+    // The server gave this session to another connection that resumed it: do not fight over it.
+    return fail("This session was resumed by another connection (another tab or client); this page stopped.");
+  }
   scheduleReconnect(ev.code);
 }
 
@@ -587,7 +591,17 @@ function onDone(ev) {
   item.el.querySelector(".flags").textContent = flags.length ? `(${flags.join(", ")})` : "";
   if (ev.superseded) item.el.classList.add("superseded");
   setSpeaker(item, ev.speaker);
+  const voices = Array.isArray(ev.speaker_turns) ? [...new Set(ev.speaker_turns.map((t) => t.speaker).filter(Boolean))] : [];
+  if (voices.length > 1) item.el.querySelector(".speaker").textContent = voices.map(speakerName).join(" / ");
   renderItem(item);
+  // A repaired item that re-decodes fallback or failed items replaces them.
+  for (const old of Array.isArray(ev.replaces) ? ev.replaces : []) {
+    const gone = S.items.get(key({ item_id: old }));
+    if (gone && gone !== item) {
+      gone.el.remove();
+      S.items.delete(key({ item_id: old }));
+    }
+  }
 }
 
 function setSpeaker(item, speaker) {

@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--token", default=_env("TOKEN"))
     tr.add_argument("--fast", action="store_true", help="send as fast as the server accepts, not in real time")
     tr.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    tr.add_argument(
+        "--buffer-s",
+        type=float,
+        default=30.0,
+        help="unacknowledged audio kept for a reconnect, in seconds (default 30; at the bound: a real-time stream "
+        "drops the oldest, --fast waits)",
+    )
 
     ls = sub.add_parser("listen", help="capture the microphone (and system audio) live and print the transcript")
     ls.add_argument("--mic", metavar="DEVICE", help="input device: index, name or part of it (default: the default)")
@@ -103,14 +110,29 @@ async def _transcribe_async(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from echopanel.audio.wav import read_pcm16
-    from echopanel.client import LiveClient, ServerError, TranscriptView
-    from echopanel.client.stream import transcribe
+    from echopanel.client import ServerError, TranscriptView
+    from echopanel.client.resilient import ConnectionStatus, ResilientClient, SessionLost, transcribe_resilient
 
     sources = ["mic", "system"][: len(args.files)]
     audio = {source: read_pcm16(path) for source, path in zip(sources, args.files, strict=True)}
     console = Console(stderr=args.json)
     live = Live(Text(""), console=console, auto_refresh=False, transient=True) if not args.json else None
     partial: dict[str, str] = {}
+    status_console = Console(stderr=True)  # the connection state goes to stderr, whatever the output mode
+    shown: list[str] = []
+
+    def on_state(status: ConnectionStatus) -> None:
+        if not shown or status.state != shown[-1]:
+            shown.append(status.state)
+            status_console.print(f"[dim]connection: {status.describe()}[/dim]", highlight=False)
+
+    async def ticker(client: ResilientClient) -> None:
+        """While the connection is down, say when the next attempt comes and how much audio is buffered."""
+        while True:
+            await asyncio.sleep(1.0)
+            status = client.status()
+            if status.state in ("reconnecting", "connecting"):
+                status_console.print(f"[dim]connection: {status.describe()}[/dim]", highlight=False)
 
     def on_event(ev: dict[str, Any], view: TranscriptView) -> None:
         if live is None:
@@ -128,21 +150,37 @@ async def _transcribe_async(args: argparse.Namespace) -> int:
         status = Text("\n".join(f"{s} … {t}" for s, t in partial.items() if t), style="dim")
         live.update(status, refresh=True)
 
+    # A file sent faster than real time should wait for the server (not be shed), and wait for room in the client's
+    # buffer during an outage; a real-time stream behaves like live capture: at the buffer bound the oldest goes.
+    client = ResilientClient(
+        args.url,
+        token=args.token,
+        sources=sources,
+        session={"overflow": "block"} if args.fast else None,
+        buffer_s=args.buffer_s,
+        when_full="wait" if args.fast else "drop_oldest",
+        on_state=on_state,
+    )
     try:
-        # A file sent faster than real time should wait for the server, not be shed.
-        overflow = {"overflow": "block"} if args.fast else None
-        async with LiveClient(args.url, token=args.token, sources=sources, session=overflow) as client:
+        await client.open()
+        tick = asyncio.create_task(ticker(client))
+        if live is not None:
+            live.start()
+        try:
+            view = await transcribe_resilient(client, audio, realtime=not args.fast, on_event=on_event)
+        finally:
+            tick.cancel()
             if live is not None:
-                live.start()
-            try:
-                view = await transcribe(client, audio, realtime=not args.fast, on_event=on_event)
-            finally:
-                if live is not None:
-                    live.stop()
-            code = client.close_code
+                live.stop()
+        code = client.close_code
     except ServerError as exc:
         print(f"echopanel transcribe: server refused the session: {exc}", file=sys.stderr)
         return 1
+    except SessionLost as exc:
+        print(f"echopanel transcribe: {exc}", file=sys.stderr)
+        return 1
+    if client.lost_ms:
+        print(f"echopanel transcribe: {client.lost_ms} ms of audio lost at the buffer bound", file=sys.stderr)
     session_id = client.session.get("id")
     if args.json:
         items = [

@@ -50,6 +50,15 @@ class Settings:
     send_queue_events: int = 1024  # server events waiting for a slow client
     max_sources: int = 4
     max_sessions: int = 16  # past it: HTTP 503 + Retry-After (native) or close 1013 (OpenAI dialect)
+    # Resilience (docs/behaviour.md "Faults"): engines behind circuit breakers, a fallback engine, resume.
+    fallback_engine: str = "pocketsphinx"  # "none": Whisper alone (a failed decode fails its item)
+    fallback_workers: int = 1  # pocketsphinx processes (~110 MB each), started with the server
+    breaker_failures: int = 5  # consecutive failed decodes that open an engine's circuit breaker
+    breaker_reset_s: float = 60.0  # an open breaker lets one trial decode through after this long
+    decode_timeout_s: float = 10.0  # a decode running longer is abandoned and its worker replaced (a failure)
+    resume_grace_s: float = 30.0  # a dropped connection's session waits this long for its client to resume
+    resume_replay_s: float = 30.0  # on resume, finals written this long before the drop are sent again
+    fault_injection: bool = False  # tests and demos only: POST /faults makes engines fail, hang or die
     # Speakers and the session store (docs/behaviour.md): labels, finals written as they land, retention.
     speakers: bool = True  # live speaker labels (off when False, or when the encoder weights are not installed)
     speaker_workers: int = 1  # threads that embed and cluster utterances, shared by all sessions

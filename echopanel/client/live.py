@@ -133,6 +133,9 @@ class ItemView:
     done_at: float | None = None
     repaired: bool = False
     words: list[dict[str, Any]] = field(default_factory=list)
+    engine: str | None = None
+    replaced: bool = False  # a later repaired item replaces it (re-decoded at finalization: ``replaces``)
+    resynced: bool = False  # open when the connection dropped: deltas may be missing; the final is authoritative
 
 
 class TranscriptView:
@@ -157,6 +160,11 @@ class TranscriptView:
         if kind == "input_audio_buffer.backpressure":
             self.backpressure.append(ev)
             return None
+        if kind == "client.resumed":  # ResilientClient: events in flight at the drop may be lost
+            for open_item in self.items.values():
+                if open_item.final is None:
+                    open_item.resynced = True
+            return None
         if kind not in ("response.text.delta", "response.done", "input_audio_buffer.speech_started"):
             return None
         iid = ev["item_id"]
@@ -174,16 +182,20 @@ class TranscriptView:
             item.speaker = ev.get("speaker")
             item.repaired = bool(ev.get("repaired"))
             item.words = ev.get("words", [])
+            item.engine = ev.get("engine")
             item.tentative = ""
             item.done_at = now
-            if item.stable != ev["text"] and not item.repaired:
+            for old in ev.get("replaces") or ():
+                if old in self.items:
+                    self.items[old].replaced = True
+            if item.stable != ev["text"] and not (item.repaired or item.resynced):
                 self.violations.append(f"{iid}: deltas {item.stable!r} != final {ev['text']!r}")
             if item.first_text_at is None and ev["text"]:
                 item.first_text_at = now
         return item
 
     def finals(self) -> list[ItemView]:
-        done = [i for i in self.items.values() if i.final]
+        done = [i for i in self.items.values() if i.final and not i.replaced]
         return sorted(done, key=lambda i: (i.start_ms, i.source))
 
     def text(self, source: str | None = None) -> str:

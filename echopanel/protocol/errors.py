@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     INVALID_UPDATE = "invalid_update"
     COMMIT_EMPTY = "input_audio_buffer_commit_empty"
     TRANSCRIPTION_FAILED = "transcription_failed"
+    ENGINE_UNAVAILABLE = "engine_unavailable"  # every engine is failing; the item's audio is kept (recording)
     SESSION_CLOSING = "session_closing"
     IDLE_TIMEOUT = "idle_timeout"
     INTERNAL_ERROR = "internal_error"
@@ -35,6 +36,7 @@ class CloseCode(IntEnum):
     TOO_LARGE = 1009
     SERVER_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    RESUMED_ELSEWHERE = 4000  # native: this connection's session was resumed on a newer connection
 
 
 class ProtocolError(Exception):

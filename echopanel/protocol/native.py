@@ -48,6 +48,8 @@ def to_wire(se: SourceEvent) -> dict[str, Any]:
             "end_ms": ev.end_ms,
             "speaker": None,
         }
+        if ev.engine is not None:
+            out["engine"] = ev.engine
         if ev.response_id is not None:
             out["response_id"] = ev.response_id
         return out
@@ -69,6 +71,8 @@ def to_wire(se: SourceEvent) -> dict[str, Any]:
             out["speaker_turns"] = [{"speaker": s, "start_ms": a, "end_ms": b} for a, b, s in se.speaker_turns]
         if ev.superseded:
             out["superseded"] = True
+        if ev.replaces:
+            out["replaces"] = [item_id(source, n) for n in ev.replaces]
         if ev.response_id is not None:
             out["response_id"] = ev.response_id
         return out

@@ -19,6 +19,7 @@ from echopanel.server.controller import FlowController
 from echopanel.server.live import live_endpoint
 from echopanel.server.metrics import ServerMetrics
 from echopanel.server.realtime import realtime_endpoint
+from echopanel.server.resume import ResumeRegistry
 from echopanel.server.sessions_api import session_routes
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.store import AsyncStore
@@ -77,4 +78,5 @@ def create_app(
     app.state.admission = admission
     app.state.metrics = metrics
     app.state.controller = controller
+    app.state.resumable = ResumeRegistry(settings, admission, metrics, controller)  # detached sessions (resume)
     return app

@@ -16,6 +16,7 @@ from echopanel.pipeline.ladder import Level
 from echopanel.protocol.errors import CloseCode, ProtocolError
 from echopanel.server.controller import FlowController
 from echopanel.server.metrics import ServerMetrics
+from echopanel.server.outbox import Outbox
 from echopanel.server.session import Barrier, OutboxItem, Session
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,13 @@ class DialectConnection(ABC):
         self.ws = ws
         self.engine = engine
         self.settings = settings
-        self.outbox: asyncio.Queue[OutboxItem] = asyncio.Queue(settings.send_queue_events)
+        self.outbox: Outbox = Outbox(settings.send_queue_events)  # outlives the socket when a session detaches
         self.session: Session | None = None
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self.slow_client = False
+        self.evicted = False  # its session was resumed on another connection (native dialect)
+        self.peer_close_code: int | None = None  # the close code the client sent (1006: none, the connection dropped)
         self.controller: FlowController | None = ws.app.state.controller
         self.metrics: ServerMetrics | None = ws.app.state.metrics
 
@@ -64,12 +67,12 @@ class DialectConnection(ABC):
             try:
                 await self._reader
             except asyncio.CancelledError:
-                if not self.slow_client:
+                if not (self.slow_client or self.evicted):
                     raise
         finally:
             if self.session is not None:
                 if not self.session.finalized:
-                    await self.on_session_end()
+                    await self.on_session_end()  # may detach the session (resume): then self.session is None
             if self.session is not None:
                 if self.controller is not None:
                     self.controller.unregister(self.session)
@@ -77,6 +80,9 @@ class DialectConnection(ABC):
             if not self._sender.done():
                 self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
+
+    def on_sent(self, wire: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """One event was written to the socket (the native dialect keeps finals for replay on resume)."""
 
     async def on_open(self) -> None:  # noqa: B027 - optional hook
         """Called once the socket is accepted, before the first message is read."""
@@ -136,9 +142,13 @@ class DialectConnection(ABC):
                 log.info("connection idle for %.0f s: ending it", self.settings.idle_timeout_s)
                 await self.on_idle()
                 return
-            except (WebSocketDisconnect, RuntimeError):
+            except WebSocketDisconnect as exc:
+                self.peer_close_code = exc.code
+                return
+            except RuntimeError:
                 return
             if msg["type"] == "websocket.disconnect":
+                self.peer_close_code = msg.get("code")
                 if msg.get("code") == CloseCode.TOO_LARGE:
                     log.info("connection closed: message larger than %d bytes", self.settings.max_message_bytes)
                 return
@@ -181,10 +191,16 @@ class DialectConnection(ABC):
                     text = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
                     await asyncio.wait_for(self.ws.send_text(text), self.settings.send_timeout_s)
                 except TimeoutError:
+                    self.outbox.put_front(item)  # not delivered: kept for a resume
                     await self._cut_off_slow_client()
                     return
                 except (WebSocketDisconnect, RuntimeError, OSError):
+                    self.outbox.put_front(item)
                     return
+                except asyncio.CancelledError:
+                    self.outbox.put_front(item)  # stopped mid-write (the connection ended): kept for a resume
+                    raise
+                self.on_sent(wire)
                 if wire.get("fatal"):
                     await self.ws.close(CloseCode.SERVER_ERROR)
                     return

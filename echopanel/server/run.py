@@ -11,11 +11,17 @@ import uvicorn
 
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
+from echopanel.engines.chain import ChainEngine
+from echopanel.engines.faults import FaultSwitch, FaultyEngine
+from echopanel.engines.sphinx import PocketsphinxEngine
+from echopanel.engines.utterance import UtteranceEngine
 from echopanel.engines.whisper import WhisperEngine
+from echopanel.pipeline.breaker import BreakerSettings
 from echopanel.server import memory
 from echopanel.server.app import create_app
 from echopanel.server.controller import FlowController
 from echopanel.server.metrics import ServerMetrics
+from echopanel.server.resilience import announce, fault_routes
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.retention import sweep
 from echopanel.storage.sqlite import SqliteStore
@@ -24,13 +30,32 @@ from echopanel.storage.store import AsyncStore
 log = logging.getLogger("echopanel")
 
 
-def build_engine(settings: Settings) -> SpeechEngine:
-    return WhisperEngine(
-        model_dir=settings.model_dir,
-        workers=settings.inference_workers,
-        cpu_threads=settings.cpu_threads_per_worker,
-        recognizer=settings.recognizer,
-    )
+def build_engine(settings: Settings, faults: FaultSwitch | None = None) -> SpeechEngine:
+    """Whisper, then the fallback engine, each behind a circuit breaker (engines/chain.py); with ``faults``, each
+    wrapped for fault injection."""
+    engines: list[UtteranceEngine] = [
+        WhisperEngine(
+            model_dir=settings.model_dir,
+            workers=settings.inference_workers,
+            cpu_threads=settings.cpu_threads_per_worker,
+            recognizer=settings.recognizer,
+            decode_timeout_s=settings.decode_timeout_s,
+        )
+    ]
+    if settings.fallback_engine == "pocketsphinx":
+        engines.append(
+            PocketsphinxEngine(
+                workers=settings.fallback_workers,
+                decode_timeout_s=settings.decode_timeout_s,
+                recognizer=settings.recognizer,
+            )
+        )
+    elif settings.fallback_engine not in ("none", ""):
+        raise SystemExit(f"unknown fallback engine {settings.fallback_engine!r}: use 'pocketsphinx' or 'none'")
+    if faults is not None:
+        engines = [FaultyEngine(e, faults, recognizer=settings.recognizer) for e in engines]
+    breaker = BreakerSettings(settings.breaker_failures, settings.breaker_reset_s)
+    return ChainEngine(engines, breaker=breaker, recognizer=settings.recognizer)
 
 
 def uvicorn_config(app: object, settings: Settings, sock: socket.socket | None = None) -> uvicorn.Config:
@@ -56,18 +81,27 @@ async def serve(settings: Settings) -> None:
     started = time.monotonic()
     memory.limit_arenas()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = await asyncio.to_thread(build_engine, settings)
+    faults = FaultSwitch() if settings.fault_injection else None
+    engine = await asyncio.to_thread(build_engine, settings, faults)
     await asyncio.to_thread(engine.warmup)
     controller = None
-    if isinstance(engine, WhisperEngine):
+    scheduler = getattr(engine, "scheduler", None)
+    if scheduler is not None:
         controller = FlowController(
-            scheduler=engine.scheduler,
+            scheduler=scheduler,
             policy=engine.policy,
             base_interval_ms=settings.recognizer.partial_interval_ms,
             metrics=ServerMetrics(),
         )
     store, speakers = await asyncio.to_thread(open_store_and_speakers, settings)
     app = create_app(engine, settings, controller, store=store, speakers=speakers)
+    if isinstance(engine, ChainEngine) and controller is not None:
+        engine.bind_metrics(controller.metrics)
+        sessions = controller.sessions
+        engine.listeners.append(lambda notice: announce(sessions, notice))
+    if faults is not None and isinstance(engine, ChainEngine):
+        app.router.routes.extend(fault_routes(faults, engine.names))
+        log.warning("fault injection is on: POST /faults makes engines fail, hang or die")
     control_task = asyncio.create_task(controller.run()) if controller is not None else None
     trim_task = asyncio.create_task(_trim_memory())
     retention_task = asyncio.create_task(_retention(store, settings))
@@ -80,11 +114,12 @@ async def serve(settings: Settings) -> None:
         await asyncio.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     log.info(
-        "EchoPanel ready: ws://%s:%d/v1/live engine=%s model=%s workers=%d auth=%s startup=%.1fs",
+        "EchoPanel ready: ws://%s:%d/v1/live engine=%s model=%s fallback=%s workers=%d auth=%s startup=%.1fs",
         settings.host,
         port,
         engine.capabilities.name,
         engine.capabilities.model,
+        settings.fallback_engine,
         settings.inference_workers,
         "token" if settings.token else "off",
         time.monotonic() - started,

@@ -44,6 +44,8 @@ from echopanel.events import (
 from echopanel.pipeline.ladder import REASONS, Level
 from echopanel.server.finalize import SpeakerUpdated, finalize_session
 from echopanel.server.metrics import Arrivals, LatencyWindow, ServerMetrics, source_kind
+from echopanel.server.outbox import Outbox
+from echopanel.server.resilience import engine_fields, redecode_items
 from echopanel.speakers.embedding import SAMPLE_RATE as SPEAKER_RATE
 from echopanel.speakers.live import SourceSpeakers, SpeakerService
 from echopanel.storage.recording import Recording, session_dir
@@ -132,6 +134,11 @@ class SourceState:
     compute_ms: float = 0.0
     last_text_item: int = 0
     superseded: list[tuple[int, int]] = field(default_factory=list)  # (start, end) samples of items cut by gaps
+    # Resilience: items decoded by a fallback engine, and items no engine could decode: (item, start_ms, end_ms).
+    # Both are decoded again from the recording at finalization (echopanel/server/resilience.py).
+    fallback_items: list[tuple[int, int, int]] = field(default_factory=list)
+    failed_items: list[tuple[int, int, int]] = field(default_factory=list)
+    max_item: int = 0  # the highest item number given out so far (live or repaired)
     speakers: SourceSpeakers | None = None  # live speaker labels (None: off)
     onsets: dict[int, int] = field(default_factory=dict)  # open utterances: item -> speech onset ms
 
@@ -160,7 +167,7 @@ class Session:
         language: str = "en",
         prompt: str = "",
         overflow: str | None = None,
-        outbox: asyncio.Queue[OutboxItem] | None = None,
+        outbox: asyncio.Queue[OutboxItem] | Outbox | None = None,
         metrics: ServerMetrics | None = None,
         level: Level = Level.NORMAL,
         store: AsyncStore | None = None,
@@ -174,7 +181,7 @@ class Session:
         self.sample_rate = sample_rate
         self.overflow = overflow or settings.overflow
         self.created = time.time()
-        self.outbox: asyncio.Queue[OutboxItem] = outbox or asyncio.Queue(settings.send_queue_events)
+        self.outbox: asyncio.Queue[OutboxItem] | Outbox = outbox or asyncio.Queue(settings.send_queue_events)
         self.transcript: list[TranscriptItem] = []
         self.closing = False
         self.directory = session_dir(settings.data_dir, self.id)
@@ -309,6 +316,9 @@ class Session:
         for state in self.sources.values():
             if state.shed_spans:
                 await self._repair(state)
+        for state in self.sources.values():
+            if state.fallback_items or state.failed_items:
+                await redecode_items(self, state)  # fallback engine's items again with the primary; failed ones
 
     @property
     def finalized(self) -> bool:
@@ -501,6 +511,10 @@ class Session:
                     turns = state.speakers.live_turns.get(ev.item, ())
                 self._record_final(state, ev, speaker)
                 await self._persist(state, ev, speaker)  # before the client can see it
+            elif isinstance(ev, ItemFailed):
+                state.max_item = max(state.max_item, ev.item)
+                if ev.start_ms is not None and ev.end_ms is not None:
+                    state.failed_items.append((ev.item, ev.start_ms, ev.end_ms))  # its audio is in the recording
             await self.outbox.put(SourceEvent(state.name, ev, speaker, turns))
 
     # -- speakers and the store ------------------------------------------------------------------------------------
@@ -639,14 +653,13 @@ class Session:
             "sources": sources,
             "degrade_level": int(self.level),
             "degrade": self.level.name.lower(),
-            "engine": self.engine.capabilities.name,
-            "breaker": "closed",
+            **engine_fields(self.engine),  # engine, breaker, breakers: the fallback chain's state
         }
 
     async def _report(self) -> None:
         while True:
             await asyncio.sleep(METRICS_INTERVAL_S)
-            if self.closing:
+            if self.closing or getattr(self.outbox, "detached", False):
                 continue
             try:
                 self.outbox.put_nowait(SessionMetrics(self.metrics_snapshot()))
@@ -654,6 +667,9 @@ class Session:
                 pass  # a slow client misses a metrics tick rather than stalling anything
 
     def _record_final(self, state: SourceState, ev: TextFinal, speaker: str | None = None) -> None:
+        state.max_item = max(state.max_item, ev.item)
+        if not (ev.superseded or ev.repaired) and ev.engine != self.engine.capabilities.name:
+            state.fallback_items.append((ev.item, ev.start_ms, ev.end_ms))
         if ev.superseded:
             rate = self.sample_rate
             state.superseded.append((ev.start_ms * rate // 1000, ev.end_ms * rate // 1000))

@@ -1,0 +1,212 @@
+"""Resume after a dropped connection (docs/protocol.md "Resume"): detached sessions wait for their client.
+
+A native session whose connection drops without ``session.close`` is *detached*, not finalized: it keeps its
+admission slot and its outbox (``outbox.Outbox``, bounded; partial results dropped first), goes on transcribing the
+audio it already has, and waits ``resume_grace_s`` for a ``session.create {resume: {session_id, resume_token}}``.
+The resuming connection gets ``session.created`` (same session object, ``resumed: true``, ``received_ms`` per
+source), then the finals it may have missed, then everything produced since. When the grace expires the session is
+finalized as ``interrupted`` with nobody listening.
+
+Finals the old socket took are not proof of delivery (a cut loses what was in flight), so the finals written during
+the last ``resume_replay_s`` before the drop are sent again (marked ``replayed: true``); clients drop any
+``response.done`` whose ``item_id`` they already have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from echopanel.config import Settings
+from echopanel.server.admission import Admission
+from echopanel.server.metrics import ServerMetrics
+from echopanel.server.outbox import Outbox
+from echopanel.server.session import Barrier, Session
+
+if TYPE_CHECKING:
+    from echopanel.server.controller import FlowController
+
+log = logging.getLogger(__name__)
+
+MAX_REPLAY = 4096  # finals kept for replay per session, at most
+
+
+class Attachable(Protocol):
+    """What the registry needs of a connection (``LiveConnection``)."""
+
+    owns_slot: bool
+
+    async def evict(self) -> None:
+        """Stop this connection because its session was resumed on another one."""
+
+
+@dataclass(eq=False)
+class Resumable:
+    session: Session
+    token: str
+    created: dict[str, Any]  # the session object of session.created, sent again on resume
+    outbox: Outbox
+    connection: Attachable | None = None
+    sent_finals: deque[tuple[float, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=MAX_REPLAY))
+    detached_at: float | None = None
+    owns_slot: bool = False  # a detached session holds its admission slot
+    skip: dict[str, int] = field(default_factory=dict)  # samples to ignore at the start of resent audio, per source
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # set when the connection let go (detached)
+    expiry: asyncio.Task[None] | None = None
+    resumes: int = 0
+    finished: bool = False  # finalized; nothing left to resume
+
+    def note_sent(self, wire: dict[str, Any], window_s: float) -> None:
+        """A response.done was written to the socket (kept for replay for ``window_s``)."""
+        now = time.monotonic()
+        self.sent_finals.append((now, wire))
+        while self.sent_finals and self.sent_finals[0][0] < now - window_s:
+            self.sent_finals.popleft()
+
+    def received_ms(self) -> dict[str, int]:
+        return {name: self.session.ms(s.recording.samples) for name, s in self.session.sources.items()}
+
+
+class ResumeRegistry:
+    def __init__(
+        self,
+        settings: Settings,
+        admission: Admission,
+        metrics: ServerMetrics | None = None,
+        controller: FlowController | None = None,
+    ) -> None:
+        self.settings = settings
+        self.admission = admission
+        self.metrics = metrics
+        self.controller = controller
+        self.entries: dict[str, Resumable] = {}
+
+    @property
+    def detached(self) -> int:
+        return sum(1 for e in self.entries.values() if e.connection is None and not e.finished)
+
+    def register(self, session: Session, created: dict[str, Any], connection: Attachable) -> Resumable:
+        assert isinstance(session.outbox, Outbox), "resumable sessions need an Outbox"
+        entry = Resumable(session, session.resume_token, created, session.outbox, connection)
+        self.entries[session.id] = entry
+        return entry
+
+    def forget(self, entry: Resumable) -> None:
+        entry.finished = True
+        if entry.expiry is not None and entry.expiry is not asyncio.current_task():
+            entry.expiry.cancel()
+        if self.entries.get(entry.session.id) is entry:
+            del self.entries[entry.session.id]
+        self._export()
+
+    def find(self, session_id: str, token: str) -> Resumable | None:
+        entry = self.entries.get(session_id)
+        if entry is None or entry.finished or entry.session.closing or entry.session.finalized:
+            return None
+        if not hmac.compare_digest(entry.token.encode(), token.encode()):
+            return None
+        return entry
+
+    # -- detach ----------------------------------------------------------------------------------------------------
+
+    def detach(self, entry: Resumable, connection: Attachable) -> None:
+        """``connection`` dropped without closing the session: keep it for ``resume_grace_s``."""
+        if entry.connection is not connection:
+            return
+        entry.connection = None
+        entry.detached_at = time.monotonic()
+        entry.outbox.detach()
+        if connection.owns_slot:
+            connection.owns_slot = False
+            entry.owns_slot = True
+        entry.expiry = asyncio.create_task(self._expire(entry), name=f"grace-{entry.session.id}")
+        entry.released.set()
+        self._export()
+        log.info(
+            "session %s detached: waiting %.0f s for its client to resume",
+            entry.session.id,
+            self.settings.resume_grace_s,
+        )
+
+    async def _expire(self, entry: Resumable) -> None:
+        await asyncio.sleep(self.settings.resume_grace_s)
+        if entry.connection is not None or entry.finished:
+            return
+        log.info(
+            "session %s: no resume within %.0f s; finalizing it as interrupted",
+            entry.session.id,
+            self.settings.resume_grace_s,
+        )
+        entry.finished = True
+        if self.metrics is not None:
+            self.metrics.sessions_interrupted.inc()
+        session = entry.session
+        sink = asyncio.create_task(_discard(entry.outbox), name="discard")
+        try:
+            await session.finalize("interrupted")
+        except Exception:
+            log.exception("session %s: finalization after the grace period failed", session.id)
+        finally:
+            sink.cancel()
+            await asyncio.gather(sink, return_exceptions=True)
+            if self.controller is not None:
+                self.controller.unregister(session)
+            await session.aclose()
+            if entry.owns_slot:
+                entry.owns_slot = False
+                self.admission.release()
+            self.forget(entry)
+
+    # -- resume ------------------------------------------------------------------------------------------------------
+
+    async def take(self, entry: Resumable, connection: Attachable) -> bool:
+        """Attach ``entry`` to ``connection``: evict a connection still holding it, stop the grace timer.
+        False if the session ended meanwhile (nothing to resume)."""
+        old = entry.connection
+        if old is not None and old is not connection:
+            entry.released.clear()
+            await old.evict()
+            try:
+                await asyncio.wait_for(entry.released.wait(), 10.0)
+            except TimeoutError:
+                return False
+        if entry.finished or entry.connection is not None:
+            return False
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+            entry.expiry = None
+        entry.connection = connection
+        entry.outbox.attach()
+        entry.released.clear()
+        if entry.owns_slot:
+            entry.owns_slot = False
+            if connection.owns_slot:
+                self.admission.release()  # the connection's own slot goes back: the session already had one
+            else:
+                connection.owns_slot = True  # admitted provisionally (server full): it takes the session's slot
+        entry.resumes += 1
+        if self.metrics is not None:
+            self.metrics.resumes.inc()
+        self._export()
+        return True
+
+    def replay(self, entry: Resumable) -> list[dict[str, Any]]:
+        """Finals written during the replay window before the drop, oldest first, marked ``replayed``."""
+        return [{**wire, "replayed": True} for _, wire in entry.sent_finals]
+
+    def _export(self) -> None:
+        if self.metrics is not None:
+            self.metrics.sessions_detached.set(self.detached)
+
+
+async def _discard(outbox: Outbox) -> None:
+    """Nobody will read: empty the outbox as it fills so finalization never waits on it."""
+    while True:
+        item = await outbox.get()
+        if isinstance(item, Barrier) and not item.done.done():
+            item.done.set_result(None)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from bench.common import read_transcription
 from echopanel.audio.convert import float_to_pcm16
 from echopanel.audio.wav import read_audio
 from echopanel.client.live import TranscriptView
@@ -23,7 +24,7 @@ from echopanel.client.resilient import ResilientClient, transcribe_resilient
 from echopanel.evaluation import normalize
 from echopanel.testing.proxy import ChaosProxy
 
-from support import CARDS, LIBRIVOX, PHONE, ServerProcess, run_server, wer
+from support import CARDS, LIBRIVOX, PHONE, ServerProcess, librivox_refs, phone_ref, run_server, wer
 
 SECONDS = 300
 SPEED = 4.0
@@ -31,19 +32,30 @@ CUTS = 20
 BUFFER_S = 10.0
 
 
-def five_minutes() -> bytes:
+def cycle() -> tuple[np.ndarray, str]:
+    """LibriVox sentences, the phone call and the card readings (75 s), with the reference text."""
     gap = np.zeros(16000, np.float32)
+    refs = librivox_refs()
+    cards = read_transcription(CARDS / "cards.transcription")
     parts = [a for f in sorted(LIBRIVOX.glob("*.wav")) for a in (read_audio(f, 16000), gap)]
     parts += [read_audio(PHONE / "sample.wav", 16000), gap]
     parts += [a for f in sorted(CARDS.glob("*.wav")) for a in (read_audio(f, 16000), gap)]
-    cycle = np.concatenate(parts)
-    audio = np.tile(cycle, SECONDS * 16000 // len(cycle) + 1)[: SECONDS * 16000]
+    text = [refs[f.stem] for f in sorted(LIBRIVOX.glob("*.wav"))] + [phone_ref()]
+    text += [cards[f.stem] for f in sorted(CARDS.glob("*.wav"))]
+    return np.concatenate(parts), " ".join(text)
+
+
+def five_minutes() -> bytes:
+    one, _ = cycle()
+    audio = np.tile(one, SECONDS * 16000 // len(one) + 1)[: SECONDS * 16000]
     return float_to_pcm16(audio)
 
 
 @pytest.fixture(scope="module")
 def soak_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with run_server(tmp_path_factory.mktemp("soak")) as srv:
+    data = tmp_path_factory.mktemp("soak")
+    with run_server(data) as srv:
+        srv.data_dir = data  # type: ignore[attr-defined]
         yield srv
 
 
@@ -91,6 +103,12 @@ async def test_twenty_random_cuts_in_five_minutes_change_nothing(soak_server: Se
         assert client.summary["stats"]["sources"]["mic"]["received_ms"] == len(audio) // 32
         assert sum(b.dropped for b in client.buffers.values()) == 0 and client.lost_ms == 0
         assert client.max_buffered_ms <= BUFFER_S * 1000  # the client never buffered past its bound
+    # The server recorded exactly the same bytes for both sessions: no sample lost, doubled or shifted by a resume.
+    recordings = [
+        (soak_server.data_dir / "recordings" / c.session["id"] / "mic.pcm").read_bytes()  # type: ignore[attr-defined]
+        for c in (cut, uncut)
+    ]
+    assert recordings[0] == recordings[1] == audio
     got = {i.item_id: i for i in cut_view.finals()}
     want = {i.item_id: i for i in ref_view.finals()}
     cut_ids = [i.item_id for i in cut_view.finals()]
@@ -106,9 +124,19 @@ async def test_twenty_random_cuts_in_five_minutes_change_nothing(soak_server: Se
     )
     for k in differ:
         print(f"  {k}: uncut {want[k].final!r}\n  {' ' * len(k)}  cut   {got[k].final!r}")
-    # The same text. Items may differ only where decoding is timing-dependent: the partials a final's stable prefix
-    # comes from are decoded at other moments when a cut delays audio. The utterances themselves are identical.
-    # Measured: 4-5 of 51 items differ by a word or a digit format, in both directions ("5 5." / "5 5. We'll").
-    assert len(differ) <= len(want) // 5, [(want[k].final, got[k].final) for k in differ]
-    assert text_wer <= 0.05
+    # The same text, up to decoding that depends on timing: a final is forced to start with the stable text its
+    # partials agreed on, and partials are decoded at other moments in any two runs (the load ladder moves too).
+    # Measured: two *uncut* runs side by side differ in 11 of 51 items (WER 0.10 between them); cut vs uncut: 4-9
+    # items, WER 0.01-0.07, differences in both directions ("5 5." / "5 5. We'll"). So the text is held to the
+    # reference instead: the cut run is as accurate as the uncut one, on the three whole cycles.
+    one, ref_cycle = cycle()
+    whole_ms = SECONDS * 1000 // (len(one) // 16) * (len(one) // 16)
+    ref = " ".join([ref_cycle] * (SECONDS * 16000 // len(one)))
+
+    def text(view: TranscriptView) -> str:
+        return " ".join(i.final or "" for i in view.finals() if i.start_ms < whole_ms)
+
+    cut_wer, uncut_wer = wer(ref, text(cut_view)), wer(ref, text(ref_view))
+    print(f"WER against the reference: cut {cut_wer:.3f}, uncut {uncut_wer:.3f}")
+    assert cut_wer <= uncut_wer + 0.04
     assert [t["item_id"] for t in cut.summary["transcript"]] == [t["item_id"] for t in uncut.summary["transcript"]]

@@ -17,17 +17,17 @@ from enum import IntEnum
 
 class Level(IntEnum):
     NORMAL = 0
-    SLOW_PARTIALS = 1  # partial cadence x3
+    SLOW_PARTIALS = 1  # partial cadence x3; finals stop waiting for their speaker label (it follows)
     NO_SYSTEM_PARTIALS = 2  # partials only for the microphone
     NO_PARTIALS = 3  # finals only
     CHEAP_FINALS = 4  # greedy finals (beam 1)
     SHED_SYSTEM = 5  # system audio is recorded only; transcribed from the recording at finalization
-    FALLBACK = 6  # the fallback engine carries the load (resilience work; not reached yet)
+    FALLBACK = 6  # not a load step: announced when an open breaker hands the work to the fallback engine
 
 
 REASONS = {
     Level.NORMAL: "load is normal",
-    Level.SLOW_PARTIALS: "high load: partial results less often",
+    Level.SLOW_PARTIALS: "high load: partial results less often; speaker labels follow the finals",
     Level.NO_SYSTEM_PARTIALS: "high load: no partial results for system audio",
     Level.NO_PARTIALS: "high load: final results only",
     Level.CHEAP_FINALS: "high load: faster, less accurate final decoding",

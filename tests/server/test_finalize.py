@@ -32,6 +32,7 @@ from echopanel.events import (
     Word,
     item_id,
 )
+from echopanel.pipeline.ladder import Level
 from echopanel.server.finalize import SpeakerUpdated
 from echopanel.server.session import Barrier, Session
 from echopanel.speakers.embedding import default_weights_path
@@ -248,18 +249,26 @@ async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, 
         store.close()
 
 
-async def test_a_label_not_ready_in_time_follows_as_speaker_updated(tmp_path: Path, speakers: SpeakerService) -> None:
+@pytest.mark.parametrize(
+    ("wait_ms", "level"),
+    [(0, Level.NORMAL), (5000, Level.SLOW_PARTIALS)],
+    ids=["no-wait-configured", "under-load-finals-do-not-wait"],
+)
+async def test_a_label_not_ready_in_time_follows_as_speaker_updated(
+    tmp_path: Path, speakers: SpeakerService, wait_ms: int, level: Level
+) -> None:
     audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
     store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
     engine = ScriptedEngine({"mic": phone_turns()})
     session = Session(
         engine=engine,
-        settings=replace(settings(tmp_path), speaker_wait_ms=0),  # finals never wait for their label
+        settings=replace(settings(tmp_path), speaker_wait_ms=wait_ms),
         sources=["mic"],
         sample_rate=rate,
         overflow="block",
         store=store,
         speakers=speakers,
+        level=level,  # from degrade level 1 up, a final never waits for its label, whatever speaker_wait_ms says
     )
     session.start()
     client = Client(session)

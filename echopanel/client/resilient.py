@@ -36,7 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from echopanel.client.live import ServerError, TranscriptView
-from echopanel.pipeline.breaker import BreakerSettings, CircuitBreaker
+from echopanel.pipeline.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from echopanel.protocol.frames import encode_frame
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,9 @@ class ResilienceStats:
     caught_up_s: list[float] = field(default_factory=list)  # connection lost -> all buffered audio resent
     resent_ms: int = 0
     outages: int = 0
+
+
+GRACE_TRIAL_AT = 0.75  # with the breaker open, one resume attempt at this fraction of the server's grace period
 
 
 class ResilientClient:
@@ -429,6 +432,11 @@ class ResilientClient:
         lost_at = self.clock()
         self.stats.outages += 1
         attempt = 0
+        # The server keeps a dropped session for its resume grace period (session.created limits.resume_grace_ms).
+        # An open breaker waits 60 s, longer than that grace: without one trial before the grace runs out, an
+        # outage of a few seconds that happened to fail 5 quick attempts would lose the session.
+        grace_ms = self.session.get("limits", {}).get("resume_grace_ms")
+        last_chance = None if grace_ms is None else lost_at + GRACE_TRIAL_AT * grace_ms / 1000
         while True:
             if self.give_up_after_s is not None and self.clock() - lost_at > self.give_up_after_s:
                 raise SessionLost(f"no connection for {self.give_up_after_s:.0f} s; giving up")
@@ -439,6 +447,10 @@ class ResilientClient:
                 delay = self.rng.uniform(0, cap)  # full jitter
             else:
                 delay = self.breaker.retry_in(now)
+                if last_chance is not None and now < last_chance and last_chance - now < delay:
+                    delay = last_chance - now
+                    allowed = True  # one trial while the server still holds the session
+                    last_chance = None
             self._retry_at = self.clock() + delay
             self._set_state("reconnecting", attempt=attempt)
             await asyncio.sleep(delay)
@@ -458,6 +470,8 @@ class ResilientClient:
                 log.info("reconnect attempt %d failed: %s", attempt, type(exc).__name__)
                 continue
             self.breaker.record_success(self.clock())
+            if self.breaker.state(self.clock()) is not BreakerState.CLOSED:
+                self.breaker.reset(self.clock())  # the grace trial got through while the breaker was open
             self.stats.resumes += 1
             self.stats.resume_s.append(self.clock() - lost_at)
             self._ack(created.get("received_ms", {}), "received_ms")

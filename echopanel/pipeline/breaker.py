@@ -94,6 +94,15 @@ class CircuitBreaker:
             return True, transition
         return False, transition
 
+    def reset(self, now: float) -> Transition | None:
+        """A success seen outside the breaker's own trial (the client's last resume attempt before the server's grace
+        period ends succeeded while the breaker was OPEN): close it."""
+        self._trial_out = False
+        self.failures = 0
+        if self._state is BreakerState.CLOSED:
+            return None
+        return self._move(BreakerState.CLOSED, now)
+
     def release(self) -> None:
         """A granted trial never ran (the call was cancelled): let the next call be the trial."""
         self._trial_out = False

@@ -250,6 +250,7 @@ class LiveConnection(DialectConnection):
                     "overflow": session.overflow,
                     "max_utterance_ms": self.settings.recognizer.max_utterance_ms,
                     "max_sources": self.settings.max_sources,
+                    "resume_grace_ms": int(self.settings.resume_grace_s * 1000),
                 },
             },
         }

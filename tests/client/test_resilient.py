@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from echopanel.audio.wav import read_pcm16
 from echopanel.client.resilient import ConnectionStatus, ResilientClient, transcribe_resilient
-from echopanel.pipeline.breaker import BreakerSettings
+from echopanel.pipeline.breaker import BreakerSettings, BreakerState
 from echopanel.testing.proxy import ChaosProxy
 
-from support import LIBRIVOX, ServerProcess, librivox_refs, wer
+from support import LIBRIVOX, ServerProcess, librivox_refs, run_server, wer
 
 GAP = b"\x00\x00" * 16000
 NAMES = [f"sense_and_sensibility_01_austen_64kb-{n}" for n in ("0870", "0880", "0890")]
@@ -97,7 +102,11 @@ async def test_buffer_bound_drops_the_oldest_and_keeps_the_clock(server: ServerP
     proxy = ChaosProxy("127.0.0.1", server.port)
     await proxy.start()
     try:
-        client = ResilientClient(proxy.url(server.url), sources=["mic"], buffer_s=1.0, backoff_base_s=0.05)
+        # Failed attempts while refused must not open the client's breaker (its 60 s wait is another test's subject).
+        lenient = BreakerSettings(failure_threshold=10_000)
+        client = ResilientClient(
+            proxy.url(server.url), sources=["mic"], buffer_s=1.0, backoff_base_s=0.05, breaker=lenient
+        )
         await client.open()
         proxy.refuse(True)
         proxy.cut()
@@ -137,3 +146,46 @@ async def test_cli_shows_the_connection_state_and_survives_a_cut(server: ServerP
     transcript = out.decode().split(" transcript sess_", 1)[1].split("\n", 1)[1]
     text = " ".join(transcript.replace("[00:00 mic]", "").split())
     assert wer(librivox_refs()[NAMES[0]], text) <= 0.15, out.decode()
+
+
+GRACE_S = 6.0
+
+
+@pytest.fixture(scope="module")
+def short_grace_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with run_server(tmp_path_factory.mktemp("grace"), env={"ECHOPANEL_RESUME_GRACE_S": str(GRACE_S)}) as srv:
+        yield srv
+
+
+async def test_an_open_breaker_still_tries_once_before_the_server_gives_the_session_up(
+    short_grace_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Five quick failed attempts open the client's breaker for 60 s, longer than the server's resume grace: the
+    client makes one attempt at 75 % of the grace (session.created limits.resume_grace_ms) and keeps its session."""
+    server = short_grace_server
+    proxy = ChaosProxy("127.0.0.1", server.port)
+    await proxy.start()
+    try:
+        client = ResilientClient(proxy.url(server.url), sources=["mic"], buffer_s=5.0, backoff_base_s=0.02)
+        created = await client.open()
+        assert created["limits"]["resume_grace_ms"] == GRACE_S * 1000
+        proxy.refuse(True)
+        proxy.cut()
+        lost = time.monotonic()
+        chunk = b"\x00\x00" * 640  # 40 ms
+        for _ in range(25):  # 1 s sent during the outage, kept in the client's buffer
+            await client.send_audio("mic", chunk)
+        deadline = lost + 5.0
+        while client.breaker.state(client.clock()) is not BreakerState.OPEN:
+            assert time.monotonic() < deadline, "the breaker never opened"
+            await asyncio.sleep(0.02)
+        assert client.breaker.retry_in(client.clock()) > GRACE_S  # its own trial would come too late
+        proxy.refuse(False)
+        summary = await asyncio.wait_for(client.close(), GRACE_S + 20)
+        resumed_after = client.stats.resume_s[0]
+    finally:
+        await proxy.stop()
+    assert summary is not None and client.stats.resumes == 1
+    assert 0.7 * GRACE_S <= resumed_after < GRACE_S, resumed_after
+    assert client.breaker.state(client.clock()) is BreakerState.CLOSED  # the trial's success closed it
+    assert summary["stats"]["sources"]["mic"]["received_ms"] == 1000 and client.lost_ms == 0

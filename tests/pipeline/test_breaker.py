@@ -91,6 +91,15 @@ def test_results_arriving_while_open_change_nothing() -> None:
     assert b.record_failure(2.0) is None and b.retry_in(2.0) == 8.0
 
 
+def test_reset_closes_an_open_breaker_and_clears_the_count() -> None:
+    b = CircuitBreaker(BreakerSettings(reset_timeout_s=60.0))
+    fail_n(b, 5, 0.0)
+    t = b.reset(20.0)
+    assert t is not None and (t.old, t.new) == (OPEN, CLOSED) and b.state(20.0) is CLOSED
+    fail_n(b, 4, 21.0)  # a fresh count: four failures keep it closed
+    assert b.state(21.0) is CLOSED and b.reset(22.0) is None
+
+
 @pytest.mark.parametrize("threshold", [1, 3])
 def test_threshold_is_configurable_at_n_and_n_minus_one(threshold: int) -> None:
     b = CircuitBreaker(BreakerSettings(failure_threshold=threshold, reset_timeout_s=0.0))

@@ -21,6 +21,7 @@ import numpy as np
 
 from echopanel.config import RecognizerSettings
 from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
+from echopanel.evaluation import normalize
 from echopanel.events import Word
 from echopanel.pipeline.recognizer import Decoded, VadStreamingRecognizer
 from echopanel.pipeline.runner import ScheduledDecoder
@@ -62,6 +63,14 @@ def _make_model_class() -> type:
     return _WindowedWhisperModel
 
 
+def _words(segments: list[Any]) -> list[str]:
+    return _words_of("".join(s.text for s in segments))
+
+
+def _words_of(text: str) -> list[str]:
+    return normalize(text).split()
+
+
 class WhisperDecoder:
     """Thread-safe decode of one utterance on the shared model."""
 
@@ -72,9 +81,17 @@ class WhisperDecoder:
         self.model = cls(
             str(model_dir), device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=workers
         )
+        self.prefix_retries = 0  # finals decoded again because they stopped at their prefix (see decode)
 
     def decode(
-        self, audio: np.ndarray, *, prefix: str, context: str, final: bool, beam_size: int | None = None
+        self,
+        audio: np.ndarray,
+        *,
+        prefix: str,
+        context: str,
+        final: bool,
+        beam_size: int | None = None,
+        expect_more: bool = False,
     ) -> Decoded:
         seconds = len(audio) / SAMPLE_RATE
         _local.frames = min(MAX_FRAMES, max(MIN_FRAMES, math.ceil(seconds + PAD_S) * FRAMES_PER_S))
@@ -98,6 +115,19 @@ class WhisperDecoder:
         try:
             segments, _info = self.model.transcribe(audio, **options)
             segments = list(segments)
+            if final and prefix and expect_more and _words(segments) == _words_of(prefix):
+                # The final stopped at its prefix although the last partial heard more. In timestamp mode the prefix
+                # opens a segment (<|0.00|> + prefix); decoding often closes it right after the prefix with
+                # <|t|><|endoftext|>, and faster-whisper takes that as the end of the window, so the rest of the
+                # utterance vanished (phone call, 13 s utterance, 14-word prefix: 14 of 37 words; greedy and
+                # temperature fallback stop there too). Decoded again the way partials are (greedy, no timestamp
+                # tokens), which continues past the prefix; words invented after the voice ended are cut later
+                # (assemble_final). Only when more was heard: with a complete prefix that mode repeats it.
+                self.prefix_retries += 1
+                options.update(beam_size=1, temperature=0.0, without_timestamps=True)
+                retry = list(self.model.transcribe(audio, **options)[0])
+                if len(_words(retry)) > len(_words_of(prefix)):
+                    segments = retry
         finally:
             _local.frames = None
         kept = [s for s in segments if not (s.no_speech_prob > NO_SPEECH_PROB and s.avg_logprob < LOW_LOGPROB)]

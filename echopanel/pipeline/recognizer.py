@@ -366,8 +366,11 @@ class VadStreamingRecognizer(SpeechStream):
         rid = item.response_ids[-1] if item.response_ids else None
         beam = self._policy.final_beam_size
         job = self._runner.submit(
-            self._request(utt.item, audio, final=True, prefix=prefix, context=context, beam_size=beam)
-        )
+            self._request(
+                utt.item, audio, final=True, prefix=prefix, context=context, beam_size=beam,
+                expect_more=bool(prefix and item.last_tentative.strip()),
+            )
+        )  # fmt: skip
         try:
             result = await job
         except Exception as exc:
@@ -404,7 +407,15 @@ class VadStreamingRecognizer(SpeechStream):
             self._context = (self._context + " " + text)[-self._s.context_chars :].lstrip()
 
     def _request(
-        self, item: int, audio: np.ndarray, *, final: bool, prefix: str, context: str, beam_size: int | None = None
+        self,
+        item: int,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        prefix: str,
+        context: str,
+        beam_size: int | None = None,
+        expect_more: bool = False,
     ) -> DecodeRequest:
         return DecodeRequest(
             audio,
@@ -412,6 +423,7 @@ class VadStreamingRecognizer(SpeechStream):
             prefix=prefix,
             context=context,
             beam_size=beam_size,
+            expect_more=expect_more,
             priority=self._options.priority,
             key=f"{id(self):x}:{item}",
             primary_only=self._options.primary_only,

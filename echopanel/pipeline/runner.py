@@ -42,6 +42,7 @@ class DecodeRequest:
     prefix: str = ""  # stable text already sent for this item (engines that can force a prefix use it)
     context: str = ""
     beam_size: int | None = None
+    expect_more: bool = False  # final: the last partial heard words after ``prefix`` (see WhisperDecoder.decode)
     priority: int = 0  # 0 = microphone
     key: str = ""  # stream and item: incremental engines continue where this item's last decode stopped
     primary_only: bool = False  # chains: only the first engine may decode it (re-decoding fallback items)
@@ -52,7 +53,14 @@ class Decoder(Protocol):
     name: str
 
     def decode(
-        self, audio: np.ndarray, *, prefix: str, context: str, final: bool, beam_size: int | None = None
+        self,
+        audio: np.ndarray,
+        *,
+        prefix: str,
+        context: str,
+        final: bool,
+        beam_size: int | None = None,
+        expect_more: bool = False,
     ) -> Decoded:
         """Blocking decode of one utterance's audio (runs on a scheduler worker thread)."""
         ...
@@ -112,7 +120,14 @@ class ScheduledDecoder:
 
         def run() -> Decoded:
             enact_fault(r.fault)
-            return decoder.decode(r.audio, prefix=r.prefix, context=r.context, final=r.final, beam_size=r.beam_size)
+            return decoder.decode(
+                r.audio,
+                prefix=r.prefix,
+                context=r.context,
+                final=r.final,
+                beam_size=r.beam_size,
+                expect_more=r.expect_more,
+            )
 
         kind = JobKind.FINAL if r.final else JobKind.PARTIAL
         return self.scheduler.submit(run, kind=kind, priority=r.priority, timeout_s=self.timeout_s)

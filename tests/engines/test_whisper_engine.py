@@ -13,7 +13,7 @@ from echopanel.engines.base import StreamOptions
 from echopanel.engines.whisper import WhisperEngine
 from echopanel.events import SpeechStarted, SpeechStopped, TextDelta, TextFinal
 
-from support import LIBRIVOX, librivox_refs, wer
+from support import LIBRIVOX, PHONE, librivox_refs, wer
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,34 @@ def test_final_decode_with_prefix_keeps_the_prefix_and_gives_word_times(engine: 
     assert all(0 <= w.confidence <= 1 for w in out.words)
     starts = [w.start_ms for w in out.words]
     assert starts == sorted(starts) and starts[-1] < len(audio) / 16
+
+
+PHONE_TAIL = (  # the phone call from 17.4 s: one 13 s utterance (second speaker), as the reference has it
+    "I'm originally from Chicago also. I'm in New Jersey now, though. Well, there isn't that much difference. "
+    "At least, you know, they all call me a Yankee down here. So I don't hear that New Jersey now."
+)
+
+
+@pytest.mark.parametrize("prefix_words", [0, 14, 26])
+def test_a_long_prefix_does_not_end_the_final_early(engine: WhisperEngine, prefix_words: int) -> None:
+    """Regression: with timestamp tokens, decoding closed the segment right after a long prefix and the final was
+    the prefix alone (14 of 37 words with 14 prefix words; the rest of the utterance vanished). The recognizer
+    says ``expect_more`` when its last partial heard words after the prefix."""
+    audio = read_audio(PHONE / "sample.wav")[int(17.4 * 16000) :]
+    audio = np.concatenate([audio, np.zeros(8000, np.float32)])
+    prefix = " ".join(PHONE_TAIL.split()[:prefix_words])
+    out = engine.decoder.decode(audio, prefix=prefix, context="", final=True, expect_more=True)
+    assert out.text.lstrip().startswith(prefix)
+    assert wer(PHONE_TAIL, out.text) <= 0.15, out.text
+    assert out.words and out.words[-1].start_ms > 11_000  # words run to the end of the utterance
+
+
+def test_a_complete_prefix_is_the_whole_final(engine: WhisperEngine) -> None:
+    """Nothing heard after the prefix: the final is the prefix, with no words made up after it."""
+    audio = np.concatenate([read_audio(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"), np.zeros(8000)])
+    prefix = "He was not an ill-disposed young man."
+    out = engine.decoder.decode(audio.astype(np.float32), prefix=prefix, context="", final=True)
+    assert out.text.strip() == prefix
 
 
 async def test_stream_on_real_speech(engine: WhisperEngine) -> None:

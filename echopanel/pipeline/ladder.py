@@ -17,7 +17,7 @@ from enum import IntEnum
 
 class Level(IntEnum):
     NORMAL = 0
-    SLOW_PARTIALS = 1  # partial cadence x3; finals stop waiting for their speaker label (it follows)
+    SLOW_PARTIALS = 1  # partial cadence x3; live speaker labels pause (labelled at finalization)
     NO_SYSTEM_PARTIALS = 2  # partials only for the microphone
     NO_PARTIALS = 3  # finals only
     CHEAP_FINALS = 4  # greedy finals (beam 1)
@@ -27,7 +27,7 @@ class Level(IntEnum):
 
 REASONS = {
     Level.NORMAL: "load is normal",
-    Level.SLOW_PARTIALS: "high load: partial results less often; speaker labels follow the finals",
+    Level.SLOW_PARTIALS: "high load: partial results less often; speaker labels when the session ends",
     Level.NO_SYSTEM_PARTIALS: "high load: no partial results for system audio",
     Level.NO_PARTIALS: "high load: final results only",
     Level.CHEAP_FINALS: "high load: faster, less accurate final decoding",

@@ -60,6 +60,13 @@ BACKPRESSURE_REPEAT_S = 0.5  # while shedding, the client hears about it at most
 SHEDDING_HOLD_S = 1.0  # "shedding" lasts this long after the last drop
 
 
+# From this degrade level up, live speaker labels pause: embedding an utterance costs about as much as decoding it
+# and holds the GIL in numpy's small steps, so under load it slowed the finals (bench/load.py, 8 sessions: mic
+# final p95 1.79 s and 97 s of system audio shed with labels, 1.38 s and none without). Utterances closed meanwhile
+# are labelled at finalization (speaker.updated).
+LIVE_LABELS_UNTIL = Level.SLOW_PARTIALS
+
+
 @dataclass(slots=True, frozen=True)
 class Barrier:
     """Placed in the outbox; the sender resolves it once everything before it has been sent."""
@@ -211,7 +218,9 @@ class Session:
                 recording=Recording(self.directory / f"{name}.pcm", sample_rate),
             )
             if speakers is not None:
-                self.sources[name].speakers = SourceSpeakers(speakers, name, self._audio_reader(self.sources[name]))
+                labels = SourceSpeakers(speakers, name, self._audio_reader(self.sources[name]))
+                labels.live = level < LIVE_LABELS_UNTIL
+                self.sources[name].speakers = labels
         self._tasks: list[asyncio.Task[None]] = []
         self.degrade(level, announce=False)
 
@@ -502,8 +511,8 @@ class Session:
             elif isinstance(ev, SpeechStopped):
                 onset = state.onsets.pop(ev.item, None)
                 if state.speakers is not None and onset is not None and ev.reason != "gap":
-                    # The utterance's audio as the recognizer holds it (pre-roll included), labelled while its final
-                    # decodes.
+                    # The utterance's audio as the recognizer holds it (pre-roll included), labelled while its
+                    # final decodes (not while live labels are paused under load: then at finalization).
                     state.speakers.submit(ev.item, onset, ev.audio_end_ms)
             elif isinstance(ev, TextFinal):
                 speaker = await self._live_speaker(state, ev)
@@ -626,6 +635,8 @@ class Session:
         for state in self.sources.values():
             if state.priority > 0:
                 state.live = level < Level.SHED_SYSTEM
+            if state.speakers is not None:
+                state.speakers.live = level < LIVE_LABELS_UNTIL
         if announce:
             try:
                 self.outbox.put_nowait(Degraded(int(level), level.name.lower(), REASONS[level]))

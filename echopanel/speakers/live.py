@@ -12,7 +12,9 @@ own tracker, so speakers of different sources never mix (the microphone is usual
 heard through the microphone and through the call's audio would otherwise be two labels of one cluster).
 
 Bounds: at most ``max_pending`` utterances waiting per source; past it an utterance gets no live label (the final
-goes out with ``speaker: null``) and is labelled at finalization instead.
+goes out with ``speaker: null``) and is labelled at finalization instead. Under load (from degrade level 1,
+``LIVE_LABELS_UNTIL`` in server/session.py) live labels pause, queued jobs included; those utterances are labelled
+at finalization too.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class SourceSpeakers:
         self._last: asyncio.Task[str | None] | None = None
         self._pending = 0
         self.skipped = 0  # utterances over the bound (labelled at finalization)
+        self.live = True  # False: live labels paused under load (the session sets it from the degrade level)
+        self.paused = 0  # utterances not labelled live because labels were paused (labelled at finalization)
         self.late = 0  # finals sent before their label was ready (it followed as speaker.updated)
         self.waits_ms: deque[float] = deque(maxlen=1000)  # how long finals waited for their label
         self.costs_ms: deque[float] = deque(maxlen=1000)  # labelling compute per utterance
@@ -102,6 +106,7 @@ class SourceSpeakers:
             "labelled": len(self._spans),
             "late": self.late,
             "skipped": self.skipped,
+            "paused": self.paused,
             "wait_ms": _percentiles(self.waits_ms),
             "cost_ms": _percentiles(self.costs_ms),
         }
@@ -113,6 +118,9 @@ class SourceSpeakers:
         """Label the utterance ``item`` (source clock, ms) on the pool, after the source's earlier utterances."""
         if item in self._jobs or end_ms - start_ms < MIN_UTTERANCE_MS:
             return
+        if not self.live:
+            self.paused += 1
+            return
         if self._pending >= self.service.max_pending:
             self.skipped += 1
             return
@@ -122,6 +130,9 @@ class SourceSpeakers:
         async def job() -> str | None:
             if prev is not None:
                 await asyncio.wait([prev])
+            if not self.live:  # paused while it waited its turn (load rose): labelled at finalization
+                self.paused += 1
+                return None
             return await loop.run_in_executor(self.service.executor, self._add, item, start_ms, end_ms)
 
         self._pending += 1

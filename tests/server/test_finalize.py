@@ -249,14 +249,8 @@ async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, 
         store.close()
 
 
-@pytest.mark.parametrize(
-    ("wait_ms", "level"),
-    [(0, Level.NORMAL), (5000, Level.SLOW_PARTIALS)],
-    ids=["no-wait-configured", "under-load-finals-do-not-wait"],
-)
-async def test_a_label_not_ready_in_time_follows_as_speaker_updated(
-    tmp_path: Path, speakers: SpeakerService, wait_ms: int, level: Level
-) -> None:
+async def test_a_label_not_ready_in_time_follows_as_speaker_updated(tmp_path: Path, speakers: SpeakerService) -> None:
+    wait_ms, level = 0, Level.NORMAL
     audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
     store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
     engine = ScriptedEngine({"mic": phone_turns()})
@@ -268,7 +262,7 @@ async def test_a_label_not_ready_in_time_follows_as_speaker_updated(
         overflow="block",
         store=store,
         speakers=speakers,
-        level=level,  # from degrade level 1 up, a final never waits for its label, whatever speaker_wait_ms says
+        level=level,
     )
     session.start()
     client = Client(session)
@@ -292,3 +286,86 @@ async def test_a_label_not_ready_in_time_follows_as_speaker_updated(
     finally:
         await session.aclose()
         store.close()
+
+
+async def test_under_load_live_labels_pause_and_finalization_labels_everything(
+    tmp_path: Path, speakers: SpeakerService
+) -> None:
+    """From degrade level 1 no utterance is labelled live (finals carry speaker null, nothing is embedded while the
+    session runs); at finalization every item gets its label, sent as speaker.updated."""
+    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
+    store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
+    session = Session(
+        engine=ScriptedEngine({"system": phone_turns()}),
+        settings=settings(tmp_path),
+        sources=["system"],
+        sample_rate=rate,
+        overflow="block",
+        store=store,
+        speakers=speakers,
+        level=Level.SLOW_PARTIALS,
+    )
+    session.start()
+    client = Client(session)
+    try:
+        data = pcm(audio)
+        for i in range(0, len(data), 3200):
+            await session.append("system", data[i : i + 3200])
+        tracker = session.sources["system"].speakers
+        assert tracker is not None
+        await asyncio.sleep(0.2)  # the last scripted final lands
+        assert tracker.stats()["labelled"] == 0 and tracker.paused == len(phone_turns())
+        payload = await session.finalize("completed")
+        events = await client.stop()
+        finals = [e for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
+        assert len(finals) == len(phone_turns()) and all(f.speaker is None for f in finals)
+        updates = {e.item_id: e.speaker for e in events if isinstance(e, SpeakerUpdated)}
+        assert {t["item_id"]: t["speaker"] for t in payload["transcript"]} == updates
+        assert all(label is not None and label.startswith("system:S") for label in updates.values())
+        assert payload["stats"]["speaker_labels"]["system"]["paused"] == len(phone_turns())
+        diane = {t["speaker"] for t in payload["transcript"] if t["text"].startswith("Diane")}
+        sheila = {t["speaker"] for t in payload["transcript"] if t["text"].startswith("Sheila")}
+        assert len(diane) == 1 and len(sheila) == 1 and diane != sheila  # labelled as well as live ones would be
+    finally:
+        await session.aclose()
+        store.close()
+
+
+async def test_labels_pause_when_load_rises_and_resume_when_it_falls(tmp_path: Path, speakers: SpeakerService) -> None:
+    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
+    turns = phone_turns()
+    session = Session(
+        engine=ScriptedEngine({"system": turns}),
+        settings=replace(settings(tmp_path), speaker_wait_ms=5000),
+        sources=["system"],
+        sample_rate=rate,
+        overflow="block",
+        speakers=speakers,
+    )
+    session.start()
+    client = Client(session)
+    data = pcm(audio)
+    third = [turns[len(turns) // 3][0], turns[2 * len(turns) // 3][0]]  # ms where the level changes
+    try:
+        for i in range(0, len(data), 3200):
+            at_ms = i // 2 * 1000 // rate
+            if third and at_ms >= third[0]:
+                tracker = session.sources["system"].speakers
+                jobs = [] if tracker is None else [t for i in range(64) if (t := tracker.job(i)) is not None]
+                if jobs:
+                    await asyncio.wait(jobs)  # the earlier utterances' labels land first
+                await asyncio.sleep(0.1)  # and their finals
+                session.degrade(Level.NO_SYSTEM_PARTIALS if len(third) == 2 else Level.NORMAL)
+                third.pop(0)
+            await session.append("system", data[i : i + 3200])
+        payload = await session.finalize("completed")
+        events = await client.stop()
+    finally:
+        await session.aclose()
+    live = [e.speaker for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
+    first, middle, last = live[: len(turns) // 3], live[len(turns) // 3 : 2 * len(turns) // 3], live[-2:]
+    assert all(x is not None for x in first) and all(x is not None for x in last), live
+    assert middle and all(x is None for x in middle), live  # the utterances that closed under load
+    assert all(t["speaker"] is not None for t in payload["transcript"])
+    tracker = session.sources["system"].speakers
+    assert tracker is not None and tracker.paused == len(middle)

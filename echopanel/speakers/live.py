@@ -42,6 +42,9 @@ AudioReader = Callable[[int, int], npt.NDArray[np.float32]]  # (start_ms, end_ms
 MIN_UTTERANCE_MS = 200  # shorter voiced spans carry too little voice to embed; they take a label at finalization
 
 
+SETTLE_BATCH = 16  # utterances labelled together at finalization
+
+
 @dataclass(frozen=True, slots=True)
 class SpeakerCost:
     """Measured cost of one utterance's labelling on the pool."""
@@ -164,23 +167,31 @@ class SourceSpeakers:
 
     def _add(self, item: int, start_ms: int, end_ms: int) -> str | None:
         """On the pool: read the utterance's audio, embed and label it (runs in utterance order)."""
+        return self._add_many([(item, start_ms, end_ms)]).get(item)
+
+    def _add_many(self, spans: list[tuple[int, int, int]]) -> dict[int, str | None]:
+        """Label several utterances (item, start_ms, end_ms) in order with one pass through the network."""
         t0 = time.perf_counter()
         try:
-            audio = self._read(start_ms, end_ms)
-            if len(audio) < MIN_UTTERANCE_MS * 16:
-                return None
-            turns = self._tracker.add_utterance(audio, start_ms / 1000)
+            read = [(item, a, b, self._read(a, b)) for item, a, b in spans]
+            read = [r for r in read if len(r[3]) >= MIN_UTTERANCE_MS * 16]
+            all_turns = self._tracker.add_utterances([(audio, a / 1000) for _, a, _, audio in read])
         except Exception:
             log.exception("speaker labelling failed (source %s)", self.source)
-            return None
-        self._spans[item] = (start_ms, end_ms)
-        self.live_turns[item] = tuple(
-            (round(t.start_s * 1000), round(t.end_s * 1000), f"{self.source}:{t.speaker}") for t in turns
-        )
-        cost = SpeakerCost(end_ms - start_ms, (time.perf_counter() - t0) * 1000)
-        self.costs_ms.append(cost.compute_ms)
-        self.service.record_cost(cost)
-        return self.label_name(main_speaker(turns))
+            return {}
+        labels: dict[int, str | None] = {}
+        speech_ms = sum(b - a for _, a, b, _ in read)
+        cost_ms = (time.perf_counter() - t0) * 1000
+        for (item, a, b, _), turns in zip(read, all_turns, strict=True):
+            self._spans[item] = (a, b)
+            self.live_turns[item] = tuple(
+                (round(t.start_s * 1000), round(t.end_s * 1000), f"{self.source}:{t.speaker}") for t in turns
+            )
+            labels[item] = self.label_name(main_speaker(turns))
+            cost = SpeakerCost(b - a, cost_ms * (b - a) / max(1, speech_ms))  # a batch's cost shared by length
+            self.costs_ms.append(cost.compute_ms)
+            self.service.record_cost(cost)
+        return labels
 
     async def settle(self, missing: list[tuple[int, int, int]]) -> tuple[dict[int, str | None], list[SpeakerTurn]]:
         """Final labels of every item: waits for the live jobs, labels ``missing`` (item, start_ms, end_ms) items
@@ -192,9 +203,10 @@ class SourceSpeakers:
         return await loop.run_in_executor(self.service.executor, self._settle, missing)
 
     def _settle(self, missing: list[tuple[int, int, int]]) -> tuple[dict[int, str | None], list[SpeakerTurn]]:
-        for item, start_ms, end_ms in missing:
-            if item not in self._spans and end_ms - start_ms >= MIN_UTTERANCE_MS:
-                self._add(item, start_ms, end_ms)
+        todo = [(i, a, b) for i, a, b in missing if i not in self._spans and b - a >= MIN_UTTERANCE_MS]
+        todo.sort(key=lambda span: span[1])
+        for k in range(0, len(todo), SETTLE_BATCH):  # bounded batches: ~SETTLE_BATCH x 15 s of audio at most
+            self._add_many(todo[k : k + SETTLE_BATCH])
         try:
             turns = self._tracker.final_turns()
         except Exception:

@@ -102,17 +102,25 @@ class SpeakerTracker:
 
     def add_utterance(self, audio: npt.NDArray[np.float32], start_s: float) -> list[SpeakerTurn]:
         """Live turns of one closed utterance (float32 16 kHz audio starting at ``start_s`` on the source clock)."""
-        spans = split_even(len(audio), self._piece)
-        if not spans:
-            return []
-        embeddings = self._encoder.embed_batch([audio[a:b] for a, b in spans])
-        turns = []
-        for (a, b), emb in zip(spans, embeddings, strict=True):
-            label = self._online.assign(emb, (b - a) / self._rate)
-            piece = _Piece(start_s + a / self._rate, start_s + b / self._rate, emb, label)
-            self._pieces.append(piece)
-            turns.append(SpeakerTurn(piece.start_s, piece.end_s, label))
-        return merge_turns(turns)
+        return self.add_utterances([(audio, start_s)])[0]
+
+    def add_utterances(self, utterances: Sequence[tuple[npt.NDArray[np.float32], float]]) -> list[list[SpeakerTurn]]:
+        """``add_utterance`` for several utterances in order, with one pass through the network for all their pieces
+        (the LSTM's per-step Python cost is paid once per batch: finalization labels paused utterances this way)."""
+        spans = [split_even(len(audio), self._piece) for audio, _ in utterances]
+        clips = [audio[a:b] for (audio, _), mine in zip(utterances, spans, strict=True) for a, b in mine]
+        embeddings = iter(self._encoder.embed_batch(clips)) if clips else iter(())
+        out = []
+        for (_, start_s), mine in zip(utterances, spans, strict=True):
+            turns = []
+            for a, b in mine:
+                emb = next(embeddings)
+                label = self._online.assign(emb, (b - a) / self._rate)
+                piece = _Piece(start_s + a / self._rate, start_s + b / self._rate, emb, label)
+                self._pieces.append(piece)
+                turns.append(SpeakerTurn(piece.start_s, piece.end_s, label))
+            out.append(merge_turns(turns))
+        return out
 
     def live_turns(self) -> list[SpeakerTurn]:
         """Every piece so far with the label it was given live."""
@@ -122,12 +130,13 @@ class SpeakerTracker:
         """Every piece so far re-labelled with all of the session's speech (``recluster``)."""
         if not self._pieces:
             return []
+        pieces = sorted(self._pieces, key=lambda p: p.start_s)  # utterances labelled at finalization came last
         labels = recluster(
-            np.stack([p.embedding for p in self._pieces]),
-            [p.end_s - p.start_s for p in self._pieces],
-            [p.live for p in self._pieces],
+            np.stack([p.embedding for p in pieces]),
+            [p.end_s - p.start_s for p in pieces],
+            [p.live for p in pieces],
             self._base,
             self._slack,
             max_speakers=self._max_speakers,
         )
-        return merge_turns([SpeakerTurn(p.start_s, p.end_s, lab) for p, lab in zip(self._pieces, labels, strict=True)])
+        return merge_turns([SpeakerTurn(p.start_s, p.end_s, lab) for p, lab in zip(pieces, labels, strict=True)])

@@ -56,6 +56,12 @@ class LadderSettings:
     shed_after_s: float = 6.0  # the one lossy step (live system audio off) needs longer sustained overload
     down_after_s: float = 4.0
     settle_s: float = 3.0  # after a step, measurements from before it (the window) are not held against the new level
+    # Severe overload (finals or partials waiting this many times their up-threshold, e.g. many sessions starting at
+    # once) climbs the non-lossy steps faster: every final of a 20 s climb pays for it (bench/load.py, 8 sessions
+    # started together: the slowest mic finals were all in the first 20 s). Shedding still needs ``shed_after_s``.
+    severe_factor: float = 2.0
+    severe_up_after_s: float = 1.0
+    severe_settle_s: float = 1.5
     max_level: Level = Level.SHED_SYSTEM
 
 
@@ -80,11 +86,18 @@ class DegradeLadder:
             and load.final_utilization <= s.down_final_utilization
             and load.partial_wait_s <= s.down_partial_wait_s
         )
-        if high and now - self._changed_at < s.settle_s:
+        severe = (
+            load.final_wait_s >= s.severe_factor * s.up_final_wait_s
+            or load.partial_wait_s >= s.severe_factor * s.up_partial_wait_s
+        )
+        if high and now - self._changed_at < (s.severe_settle_s if severe else s.settle_s):
             high = False  # the measurement window still covers the previous level: wait for its effect
         self._high_since = (self._high_since if self._high_since is not None else now) if high else None
         self._low_since = (self._low_since if self._low_since is not None else now) if low else None
-        hold = s.shed_after_s if self.level + 1 >= Level.SHED_SYSTEM else s.up_after_s
+        if self.level + 1 >= Level.SHED_SYSTEM:
+            hold = s.shed_after_s
+        else:
+            hold = s.severe_up_after_s if severe else s.up_after_s
         if self._high_since is not None and now - self._high_since >= hold:
             if self.level < self.s.max_level:
                 self.level = Level(self.level + 1)

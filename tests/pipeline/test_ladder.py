@@ -2,6 +2,7 @@ from echopanel.pipeline.ladder import DegradeLadder, LadderSettings, Level, Load
 
 HIGH = LoadSample(utilization=1.0, final_wait_s=0.8, final_utilization=0.6, partial_wait_s=0.5)
 MID = LoadSample(utilization=0.95, final_wait_s=0.3, final_utilization=0.6, partial_wait_s=0.5)
+SEVERE = LoadSample(utilization=1.0, final_wait_s=1.2, final_utilization=0.9, partial_wait_s=2.5)
 LOW = LoadSample(utilization=0.3, final_wait_s=0.05, final_utilization=0.1, partial_wait_s=0.1)
 
 
@@ -84,3 +85,26 @@ def test_adaptive_cadence() -> None:
     assert partial_interval_ms(300, Level.NORMAL, 0.7) == 450
     assert partial_interval_ms(300, Level.NORMAL, 0.95) == 600
     assert partial_interval_ms(300, Level.SLOW_PARTIALS, 0.1) == 900
+
+
+def test_severe_overload_climbs_the_lossless_steps_faster_but_not_the_lossy_one() -> None:
+    s = LadderSettings()  # defaults: hold 2 s / settle 3 s; severe: 1 s / 1.5 s; shedding after 6 s
+    normal, severe = DegradeLadder(s), DegradeLadder(s)
+    assert run(normal, 0.0, 0.5, HIGH) == [] and run(severe, 0.0, 0.5, SEVERE) == []
+    assert run(severe, 1.0, 0.0, SEVERE) == [Level.SLOW_PARTIALS]  # after 1 s, not 2 s
+    assert run(normal, 1.0, 0.5, HIGH) == [] and run(normal, 2.0, 0.0, HIGH) == [Level.SLOW_PARTIALS]
+    # Each next step: settle 1.5 s, then 1 s of severe load.
+    assert run(severe, 1.5, 0.5, SEVERE) == []
+    assert run(severe, 2.5, 0.0, SEVERE) == [] and run(severe, 3.5, 0.0, SEVERE) == [Level.NO_SYSTEM_PARTIALS]
+    assert run(severe, 4.0, 4.5, SEVERE) == [Level.NO_PARTIALS, Level.CHEAP_FINALS]
+    assert severe.level == Level.CHEAP_FINALS  # at 8.5 s; the normal climb gets there at 17 s
+    assert run(severe, 9.0, 6.5, SEVERE) == []  # the lossy step waits 1.5 s + shed_after_s (6 s)
+    assert run(severe, 16.0, 0.0, SEVERE) == [Level.SHED_SYSTEM]
+
+
+def test_just_below_severe_is_the_normal_pace() -> None:
+    s = LadderSettings()
+    almost = LoadSample(utilization=1.0, final_wait_s=0.99, partial_wait_s=1.99)
+    ladder = DegradeLadder(s)
+    assert run(ladder, 0.0, 1.5, almost) == []
+    assert run(ladder, 2.0, 0.0, almost) == [Level.SLOW_PARTIALS]

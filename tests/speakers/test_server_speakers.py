@@ -2,13 +2,17 @@
 
 Audio goes in with the client's fast mode (``overflow: block``: as fast as the server takes it, nothing shed); the
 utterances and their labels are the same as at real-time pace, since both come from the audio, not the clock.
+The tests have a server of their own: the degrade level is server-wide and live labels pause under load (level >= 1),
+so load left by other tests on a shared server would take away the live labels checked here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pytest
 from speaker_streams import AUDIO, four_speaker_stream, read
 
 from echopanel.client import LiveClient, TranscriptView
@@ -16,7 +20,13 @@ from echopanel.client.stream import transcribe
 from echopanel.speakers.metrics import Segment, diarization_error_rate, read_rttm
 from echopanel.speakers.tracker import SpeakerTurn, main_speaker
 
-from support import ServerProcess
+from support import ServerProcess, run_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with run_server(tmp_path_factory.mktemp("speakers")) as srv:
+        yield srv
 
 
 def pcm16(audio: np.ndarray) -> bytes:

@@ -1,8 +1,10 @@
 """Engine faults on a real server (Whisper + pocketsphinx behind breakers), injected through ``POST /faults``.
 
-The server runs with fault injection on, a 3 s breaker reset and a 2 s decode time limit, so each scenario takes
-seconds. Faults are enacted where decodes really run: the Whisper worker thread raises or hangs (and is abandoned
-and replaced), a pocketsphinx worker process exits or hangs (and is killed and replaced).
+The server runs with fault injection on, a 3 s breaker reset and a 4 s decode time limit, so each scenario takes
+seconds. (With 2 s, a busy machine sometimes timed out the fallback's decode of the abandoned item too: pocketsphinx
+then decodes the whole utterance at once, 2.0 s under a CPU hog.) Faults are enacted where decodes really run: the
+Whisper worker thread raises or hangs (and is abandoned and replaced), a pocketsphinx worker process exits or hangs
+(and is killed and replaced).
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ GAP = b"\x00\x00" * 16000  # 1 s of silence
 S0870, S0880, S0890 = (f"sense_and_sensibility_01_austen_64kb-{n}" for n in ("0870", "0880", "0890"))
 
 
+DECODE_TIMEOUT_S = 4.0
+
+
 @pytest.fixture(scope="module")
 def faulty_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {
         "ECHOPANEL_FAULT_INJECTION": "1",
         "ECHOPANEL_BREAKER_RESET_S": str(RESET_S),
-        "ECHOPANEL_DECODE_TIMEOUT_S": "2",
+        "ECHOPANEL_DECODE_TIMEOUT_S": str(DECODE_TIMEOUT_S),
     }
     data = tmp_path_factory.mktemp("faults")
     with run_server(data, env=env) as srv:
@@ -147,7 +152,7 @@ async def test_a_hung_decode_is_abandoned_without_stalling_other_sessions(faulty
         await asyncio.gather(send_source(a, "mic", audio), send_source(b, "mic", audio))
         await asyncio.sleep(3.0)
         await asyncio.gather(a.close_session(), b.close_session())
-    # One final hung (whichever session's came first): abandoned after 2 s, decoded by the fallback instead.
+    # One final hung (whichever session's came first): abandoned after the time limit, decoded by the fallback.
     hung = [(e, ev) for e in (events_a, events_b) for ev in of(e, "response.done") if ev["engine"] == "pocketsphinx"]
     assert len(hung) == 1, hung
     stuck_events, stuck_final = hung[0]
@@ -156,7 +161,7 @@ async def test_a_hung_decode_is_abandoned_without_stalling_other_sessions(faulty
         t for t, ev in stuck_events if ev.get("item_id") == stuck_final["item_id"] and "stopped" in ev["type"]
     )
     answered = next(t for t, ev in stuck_events if ev is stuck_final)
-    assert answered - stopped >= 1.5  # it waited for the time limit...
+    assert answered - stopped >= DECODE_TIMEOUT_S - 0.5  # it waited for the time limit...
     # ...while the other session's final of the same sentence went through on the other worker.
     other_final = next(
         t for t, ev in other if ev["type"] == "response.done" and ev["item_id"] == stuck_final["item_id"]

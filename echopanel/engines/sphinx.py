@@ -40,7 +40,15 @@ from echopanel.engines.sphinx_worker import HEADER, LENGTH
 from echopanel.events import Word
 from echopanel.pipeline.recognizer import VadStreamingRecognizer
 from echopanel.pipeline.runner import Decoded, DecodeRequest, InjectedFault, WorkerDied
-from echopanel.pipeline.scheduler import DecodeTimeout, JobKind, JobResult
+from echopanel.pipeline.scheduler import (
+    DecodeTimeout,
+    JobKind,
+    JobResult,
+    cancel_once,
+    post,
+    set_exception_once,
+    set_result_once,
+)
 from echopanel.pipeline.vad import SileroVoiceDetector
 
 log = logging.getLogger(__name__)
@@ -183,7 +191,7 @@ class SphinxPool:
             pending, self._heap = self._heap, []
             self._cond.notify_all()
         for job in pending:
-            _post(job.loop, _cancel, job.future)
+            post(job.loop, cancel_once, job.future)
         for proc in self._procs:
             proc.kill()
         for t in self._threads:
@@ -250,11 +258,11 @@ class SphinxPool:
             try:
                 decoded = self._decode(proc, job.request)
             except BaseException as exc:
-                _post(job.loop, _set_exception, job.future, exc)
+                post(job.loop, set_exception_once, job.future, exc)
             else:
                 done = time.monotonic()
                 self.compute_s += done - started
-                _post(job.loop, _set_result, job.future, JobResult(decoded, started - job.enqueued, done - started))
+                post(job.loop, set_result_once, job.future, JobResult(decoded, started - job.enqueued, done - started))
 
     def _decode(self, proc: _Process, req: DecodeRequest) -> Decoded:
         if not proc.alive():
@@ -338,25 +346,3 @@ class PocketsphinxEngine(SpeechEngine):
         self.pool.close()
         if self._vad_executor is not None:
             self._vad_executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _set_result(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-def _cancel(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.cancel()
-
-
-def _post(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:
-        pass

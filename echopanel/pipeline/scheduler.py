@@ -104,7 +104,7 @@ class InferenceScheduler:
             pending, self._heap = self._heap, []
             self._cond.notify_all()
         for job in pending:
-            _post(job.loop, _cancel, job.future)
+            post(job.loop, cancel_once, job.future)
         for w in self._workers:
             if w.thread is not None and not w.abandoned:
                 w.thread.join(timeout=5)
@@ -185,11 +185,11 @@ class InferenceScheduler:
             try:
                 value = job.fn()
             except BaseException as exc:
-                _post(job.loop, _set_exception, job.future, exc)
+                post(job.loop, set_exception_once, job.future, exc)
             else:
                 done = time.monotonic()
                 result = JobResult(value, started - job.enqueued, done - started)
-                _post(job.loop, _set_result, job.future, result)
+                post(job.loop, set_result_once, job.future, result)
             with self._cond:
                 worker.job = None
                 if worker.abandoned:
@@ -236,26 +236,27 @@ class InferenceScheduler:
         if job.key[0] == JobKind.FINAL:
             self.final_compute_s += now - worker.started
         message = f"decode abandoned after {job.timeout_s:.1f} s; its worker was replaced"
-        _post(job.loop, _set_exception, job.future, DecodeTimeout(message))
+        post(job.loop, set_exception_once, job.future, DecodeTimeout(message))
         self._spawn(_Worker(worker.index))
 
 
-def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+def set_result_once(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+def set_exception_once(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
 
 
-def _cancel(future: asyncio.Future[Any]) -> None:
+def cancel_once(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.cancel()
 
 
-def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` on ``loop`` from a worker thread (used by the pocketsphinx pool too)."""
     try:
         loop.call_soon_threadsafe(fn, *args)
     except RuntimeError:  # the loop is closed: nobody is waiting any more

@@ -4,7 +4,7 @@ engine interface) and, for speakers, the real encoder on real speech read back f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -202,25 +202,47 @@ def phone_turns() -> Script:
     ]
 
 
-async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, speakers: SpeakerService) -> None:
-    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
-    store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
-    engine = ScriptedEngine({"mic": [], "system": phone_turns()})
+def phone_session(
+    tmp_path: Path,
+    speakers: SpeakerService,
+    source: str,
+    *,
+    sources: list[str] | None = None,
+    store: AsyncStore | None = None,
+    level: Level = Level.NORMAL,
+    **overrides: Any,
+) -> Session:
+    """A started session whose ``source`` gets the phone call's scripted single-speaker stretches."""
     session = Session(
-        engine=engine,
-        settings=replace(settings(tmp_path), speaker_wait_ms=5000),
-        sources=["mic", "system"],
-        sample_rate=rate,
+        engine=ScriptedEngine({source: phone_turns()}),
+        settings=replace(settings(tmp_path), **overrides),
+        sources=sources or [source],
+        sample_rate=sf.info(str(PHONE / "sample.wav")).samplerate,
         overflow="block",  # nothing shed (a repair would replay the script)
         store=store,
         speakers=speakers,
+        level=level,
     )
     session.start()
+    return session
+
+
+async def stream_phone(session: Session, source: str, before: Callable[[int], Awaitable[None]] | None = None) -> None:
+    """Append the phone call to ``source`` in 100 ms chunks; ``before(ms)`` runs before each chunk."""
+    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
+    data = pcm(audio)
+    for i in range(0, len(data), 3200):
+        if before is not None:
+            await before(i // 2 * 1000 // rate)
+        await session.append(source, data[i : i + 3200])
+
+
+async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, speakers: SpeakerService) -> None:
+    store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
+    session = phone_session(tmp_path, speakers, "system", sources=["mic", "system"], store=store, speaker_wait_ms=5000)
     client = Client(session)
     try:
-        data = pcm(audio)
-        for i in range(0, len(data), 3200):
-            await session.append("system", data[i : i + 3200])
+        await stream_phone(session, "system")
         payload = await session.finalize("completed")
         events = await client.stop()
         finals = [e for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
@@ -250,26 +272,11 @@ async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, 
 
 
 async def test_a_label_not_ready_in_time_follows_as_speaker_updated(tmp_path: Path, speakers: SpeakerService) -> None:
-    wait_ms, level = 0, Level.NORMAL
-    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
     store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
-    engine = ScriptedEngine({"mic": phone_turns()})
-    session = Session(
-        engine=engine,
-        settings=replace(settings(tmp_path), speaker_wait_ms=wait_ms),
-        sources=["mic"],
-        sample_rate=rate,
-        overflow="block",
-        store=store,
-        speakers=speakers,
-        level=level,
-    )
-    session.start()
+    session = phone_session(tmp_path, speakers, "mic", store=store, speaker_wait_ms=0)
     client = Client(session)
     try:
-        data = pcm(audio)
-        for i in range(0, len(data), 3200):
-            await session.append("mic", data[i : i + 3200])
+        await stream_phone(session, "mic")
         payload = await session.finalize("completed")
         events = await client.stop()
         finals = {
@@ -293,24 +300,11 @@ async def test_under_load_live_labels_pause_and_finalization_labels_everything(
 ) -> None:
     """From degrade level 1 no utterance is labelled live (finals carry speaker null, nothing is embedded while the
     session runs); at finalization every item gets its label, sent as speaker.updated."""
-    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
     store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
-    session = Session(
-        engine=ScriptedEngine({"system": phone_turns()}),
-        settings=settings(tmp_path),
-        sources=["system"],
-        sample_rate=rate,
-        overflow="block",
-        store=store,
-        speakers=speakers,
-        level=Level.SLOW_PARTIALS,
-    )
-    session.start()
+    session = phone_session(tmp_path, speakers, "system", store=store, level=Level.SLOW_PARTIALS)
     client = Client(session)
     try:
-        data = pcm(audio)
-        for i in range(0, len(data), 3200):
-            await session.append("system", data[i : i + 3200])
+        await stream_phone(session, "system")
         tracker = session.sources["system"].speakers
         assert tracker is not None
         await asyncio.sleep(0.2)  # the last scripted final lands
@@ -332,32 +326,23 @@ async def test_under_load_live_labels_pause_and_finalization_labels_everything(
 
 
 async def test_labels_pause_when_load_rises_and_resume_when_it_falls(tmp_path: Path, speakers: SpeakerService) -> None:
-    audio, rate = sf.read(str(PHONE / "sample.wav"), dtype="float32")
     turns = phone_turns()
-    session = Session(
-        engine=ScriptedEngine({"system": turns}),
-        settings=replace(settings(tmp_path), speaker_wait_ms=5000),
-        sources=["system"],
-        sample_rate=rate,
-        overflow="block",
-        speakers=speakers,
-    )
-    session.start()
+    session = phone_session(tmp_path, speakers, "system", speaker_wait_ms=5000)
     client = Client(session)
-    data = pcm(audio)
     third = [turns[len(turns) // 3][0], turns[2 * len(turns) // 3][0]]  # ms where the level changes
+
+    async def change_level(at_ms: int) -> None:
+        if third and at_ms >= third[0]:
+            tracker = session.sources["system"].speakers
+            jobs = [] if tracker is None else [t for i in range(64) if (t := tracker.job(i)) is not None]
+            if jobs:
+                await asyncio.wait(jobs)  # the earlier utterances' labels land first
+            await asyncio.sleep(0.1)  # and their finals
+            session.degrade(Level.NO_SYSTEM_PARTIALS if len(third) == 2 else Level.NORMAL)
+            third.pop(0)
+
     try:
-        for i in range(0, len(data), 3200):
-            at_ms = i // 2 * 1000 // rate
-            if third and at_ms >= third[0]:
-                tracker = session.sources["system"].speakers
-                jobs = [] if tracker is None else [t for i in range(64) if (t := tracker.job(i)) is not None]
-                if jobs:
-                    await asyncio.wait(jobs)  # the earlier utterances' labels land first
-                await asyncio.sleep(0.1)  # and their finals
-                session.degrade(Level.NO_SYSTEM_PARTIALS if len(third) == 2 else Level.NORMAL)
-                third.pop(0)
-            await session.append("system", data[i : i + 3200])
+        await stream_phone(session, "system", change_level)
         payload = await session.finalize("completed")
         events = await client.stop()
     finally:

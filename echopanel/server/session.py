@@ -541,9 +541,9 @@ class Session:
     async def _live_speaker(self, state: SourceState, ev: TextFinal) -> str | None:
         if state.speakers is None or ev.superseded or ev.repaired or not ev.text:
             return None
-        # Under load (any degrade step) a final never waits for its label: the label follows as speaker.updated.
-        # Labelling runs at low priority and is starved first, so waiting would add up to the full bound.
-        wait_s = self.settings.speaker_wait_ms / 1000 if self.level == Level.NORMAL else 0.0
+        # While live labels are paused under load, a final never waits for one still running from before: it would
+        # wait the full bound (labelling runs at low priority and is starved first). The label follows instead.
+        wait_s = self.settings.speaker_wait_ms / 1000 if state.speakers.live else 0.0
         label = await state.speakers.label(ev.item, wait_s)
         job = state.speakers.job(ev.item)
         if label is None and job is not None and not job.done():

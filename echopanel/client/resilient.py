@@ -10,7 +10,7 @@
   wait for room instead.
 - **Reconnect.** A connection that ends without the session ending is retried with exponential backoff and full
   jitter: the n-th attempt waits uniform(0, min(backoff_max_s, backoff_base_s * 2**n)). A circuit breaker (the
-  server's, ``pipeline/breaker.py``: 5 failed attempts open it; after 60 s one trial) stops hammering a dead
+  server's, ``flow/breaker.py``: 5 failed attempts open it; after 60 s one trial) stops hammering a dead
   server. The outage is given up after ``give_up_after_s``.
 - **Resume.** ``session.create {resume: {session_id, resume_token}}``; the answer says how much audio of each source
   the server holds; the client resends only the rest, then goes on. Finals are deduplicated by ``item_id`` (the
@@ -36,7 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from echopanel.client.live import ServerError, TranscriptView
-from echopanel.pipeline.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from echopanel.flow.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from echopanel.protocol.frames import encode_frame
 
 log = logging.getLogger(__name__)

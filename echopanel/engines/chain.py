@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING
 from echopanel.config import RecognizerSettings
 from echopanel.engines.base import EngineStatus, SpeechEngine, SpeechStream, StreamOptions
 from echopanel.engines.utterance import UtteranceEngine, open_utterance_stream
-from echopanel.pipeline.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
-from echopanel.pipeline.runner import Decoded, DecodeRequest, WorkerDied
-from echopanel.pipeline.scheduler import DecodeTimeout, JobResult
+from echopanel.flow.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
+from echopanel.inference.jobs import Decoded, DecodeRequest, WorkerDied
+from echopanel.inference.scheduler import DecodeTimeout, JobResult
 
 if TYPE_CHECKING:
-    from echopanel.server.metrics import ServerMetrics
+    from echopanel.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

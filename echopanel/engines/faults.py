@@ -2,7 +2,7 @@
 
 ``FaultyEngine`` is a real ``SpeechEngine``: it wraps an utterance engine (Whisper, pocketsphinx) and passes each
 decode request on with a failpoint when a rule says so. The wrapped engine enacts the failpoint where the decode
-really runs (``pipeline/runner.py``):
+really runs (``inference/jobs.py``):
 
 - ``fail``: the decode raises (an engine exception).
 - ``hang``: the decode never returns; the time limit abandons it and replaces the worker (thread or process).
@@ -24,8 +24,8 @@ from typing import Any
 from echopanel.config import RecognizerSettings
 from echopanel.engines.base import EngineStatus, SpeechEngine, SpeechStream, StreamOptions
 from echopanel.engines.utterance import UtteranceEngine, open_utterance_stream
-from echopanel.pipeline.runner import Decoded, DecodeRequest, DecodeRunner, release_hangs
-from echopanel.pipeline.scheduler import JobResult
+from echopanel.inference.jobs import Decoded, DecodeRequest, DecodeRunner, release_hangs
+from echopanel.inference.scheduler import JobResult
 
 MODES = ("ok", "fail", "hang", "die")
 KINDS = frozenset({"final", "partial"})

@@ -38,9 +38,8 @@ from echopanel.config import RecognizerSettings
 from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
 from echopanel.engines.sphinx_worker import HEADER, LENGTH
 from echopanel.events import Word
-from echopanel.pipeline.recognizer import VadStreamingRecognizer
-from echopanel.pipeline.runner import Decoded, DecodeRequest, InjectedFault, WorkerDied
-from echopanel.pipeline.scheduler import (
+from echopanel.inference.jobs import Decoded, DecodeRequest, InjectedFault, WorkerDied
+from echopanel.inference.scheduler import (
     DecodeTimeout,
     JobKind,
     JobResult,
@@ -49,7 +48,8 @@ from echopanel.pipeline.scheduler import (
     set_exception_once,
     set_result_once,
 )
-from echopanel.pipeline.vad import SileroVoiceDetector
+from echopanel.recognizer.stream import VadStreamingRecognizer
+from echopanel.recognizer.vad import SileroVoiceDetector
 
 log = logging.getLogger(__name__)
 

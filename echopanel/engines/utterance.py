@@ -13,9 +13,9 @@ from typing import Protocol
 
 from echopanel.config import RecognizerSettings
 from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechStream, StreamOptions
-from echopanel.pipeline.recognizer import VadStreamingRecognizer
-from echopanel.pipeline.runner import DecodeRunner
-from echopanel.pipeline.vad import SileroVoiceDetector
+from echopanel.inference.jobs import DecodeRunner
+from echopanel.recognizer.stream import VadStreamingRecognizer
+from echopanel.recognizer.vad import SileroVoiceDetector
 
 SAMPLE_RATE = 16000
 

@@ -23,10 +23,10 @@ from echopanel.config import RecognizerSettings
 from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
 from echopanel.evaluation import normalize
 from echopanel.events import Word
-from echopanel.pipeline.recognizer import Decoded, VadStreamingRecognizer
-from echopanel.pipeline.runner import ScheduledDecoder
-from echopanel.pipeline.scheduler import InferenceScheduler
-from echopanel.pipeline.vad import SileroVoiceDetector
+from echopanel.inference.jobs import ScheduledDecoder
+from echopanel.inference.scheduler import InferenceScheduler
+from echopanel.recognizer.stream import Decoded, VadStreamingRecognizer
+from echopanel.recognizer.vad import SileroVoiceDetector
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from starlette.staticfiles import StaticFiles
 from echopanel import __version__
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
-from echopanel.server.admission import Admission
+from echopanel.flow.admission import Admission
+from echopanel.metrics import ServerMetrics
 from echopanel.server.controller import FlowController
 from echopanel.server.live import live_endpoint
-from echopanel.server.metrics import ServerMetrics
 from echopanel.server.realtime import realtime_endpoint
 from echopanel.server.resume import ResumeRegistry
-from echopanel.server.sessions_api import session_routes
+from echopanel.session.sessions_api import session_routes
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.store import AsyncStore
 

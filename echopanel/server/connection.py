@@ -12,12 +12,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
-from echopanel.pipeline.ladder import Level
+from echopanel.flow.ladder import Level
+from echopanel.metrics import ServerMetrics
 from echopanel.protocol.errors import CloseCode, ProtocolError
 from echopanel.server.controller import FlowController
-from echopanel.server.metrics import ServerMetrics
-from echopanel.server.outbox import Outbox
-from echopanel.server.session import Barrier, OutboxItem, Session
+from echopanel.session.outbox import Outbox
+from echopanel.session.session import Barrier, OutboxItem, Session
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import logging
 import time
 
 from echopanel.engines.base import DecodePolicy
-from echopanel.pipeline.ladder import DegradeLadder, Level, LoadSample, partial_interval_ms
-from echopanel.pipeline.scheduler import InferenceScheduler
-from echopanel.server.metrics import ServerMetrics
-from echopanel.server.session import Session
+from echopanel.flow.ladder import DegradeLadder, Level, LoadSample, partial_interval_ms
+from echopanel.inference.scheduler import InferenceScheduler
+from echopanel.metrics import ServerMetrics
+from echopanel.session.session import Session
 
 log = logging.getLogger(__name__)
 

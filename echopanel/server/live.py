@@ -14,16 +14,16 @@ from starlette.websockets import WebSocket
 from echopanel.audio.convert import SUPPORTED_RATES
 from echopanel.config import Settings
 from echopanel.events import SourceEvent
+from echopanel.flow.admission import Admission
 from echopanel.protocol import client_events as ce
 from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from echopanel.protocol.frames import decode_frame
 from echopanel.protocol.native import error_event, to_wire
-from echopanel.server.admission import Admission
 from echopanel.server.auth import PROTOCOL_NAME, authorized
 from echopanel.server.connection import DialectConnection
-from echopanel.server.finalize import SpeakerUpdated
 from echopanel.server.resume import Resumable, ResumeRegistry
-from echopanel.server.session import Backpressure, Degraded, OutboxItem, Session, SessionMetrics
+from echopanel.session.finalize import SpeakerUpdated
+from echopanel.session.session import Backpressure, Degraded, OutboxItem, Session, SessionMetrics
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,14 @@ from echopanel.events import (
     TextFinal,
     item_id,
 )
+from echopanel.flow.admission import Admission
 from echopanel.protocol import openai_realtime as oa
 from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from echopanel.protocol.native import words_wire
-from echopanel.server.admission import Admission
 from echopanel.server.auth import authorized
 from echopanel.server.connection import DialectConnection
-from echopanel.server.finalize import SpeakerUpdated
-from echopanel.server.session import Backpressure, Degraded, OutboxItem, SessionMetrics
+from echopanel.session.finalize import SpeakerUpdated
+from echopanel.session.session import Backpressure, Degraded, OutboxItem, SessionMetrics
 
 log = logging.getLogger(__name__)
 

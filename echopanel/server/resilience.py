@@ -27,10 +27,10 @@ from echopanel.engines.base import SpeechEngine, StreamOptions
 from echopanel.engines.chain import ChainNotice
 from echopanel.engines.faults import KINDS, MODES, FaultSwitch
 from echopanel.events import ItemFailed, SourceEvent, TextFinal, item_id
-from echopanel.pipeline.ladder import Level
+from echopanel.flow.ladder import Level
 
 if TYPE_CHECKING:
-    from echopanel.server.session import Session, SourceState
+    from echopanel.session.session import Session, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def engine_fields(engine: SpeechEngine) -> dict[str, Any]:
 
 def announce(sessions: Iterable[Session], notice: ChainNotice) -> None:
     """Tell every session that the chain switched engines (``session.degraded``)."""
-    from echopanel.server.session import Degraded
+    from echopanel.session.session import Degraded
 
     for session in list(sessions):
         if notice.mode == "primary":
@@ -122,7 +122,7 @@ async def _decode_span(
     session: Session, state: SourceState, start_ms: int, end_ms: int, *, primary_only: bool
 ) -> list[TextFinal] | None:
     """Finals for [start_ms, end_ms) of the recording, times on the source clock; None if a decode failed."""
-    from echopanel.server.session import _shift
+    from echopanel.session.session import _shift
 
     rate = session.sample_rate
     engine_rate = session.engine.capabilities.sample_rate

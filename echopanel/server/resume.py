@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from echopanel.config import Settings
-from echopanel.server.admission import Admission
-from echopanel.server.metrics import ServerMetrics
-from echopanel.server.outbox import Outbox
-from echopanel.server.session import Barrier, Session
+from echopanel.flow.admission import Admission
+from echopanel.metrics import ServerMetrics
+from echopanel.session.outbox import Outbox
+from echopanel.session.session import Barrier, Session
 
 if TYPE_CHECKING:
     from echopanel.server.controller import FlowController

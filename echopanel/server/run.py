@@ -16,11 +16,11 @@ from echopanel.engines.faults import FaultSwitch, FaultyEngine
 from echopanel.engines.sphinx import PocketsphinxEngine
 from echopanel.engines.utterance import UtteranceEngine
 from echopanel.engines.whisper import WhisperEngine
-from echopanel.pipeline.breaker import BreakerSettings
+from echopanel.flow.breaker import BreakerSettings
+from echopanel.metrics import ServerMetrics
 from echopanel.server import memory
 from echopanel.server.app import create_app
 from echopanel.server.controller import FlowController
-from echopanel.server.metrics import ServerMetrics
 from echopanel.server.resilience import announce, fault_routes
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.retention import sweep

@@ -13,7 +13,7 @@ heard through the microphone and through the call's audio would otherwise be two
 
 Bounds: at most ``max_pending`` utterances waiting per source; past it an utterance gets no live label (the final
 goes out with ``speaker: null``) and is labelled at finalization instead. Under load (from degrade level 1,
-``LIVE_LABELS_UNTIL`` in server/session.py) live labels pause, queued jobs included; those utterances are labelled
+``LIVE_LABELS_UNTIL`` in session/session.py) live labels pause, queued jobs included; those utterances are labelled
 at finalization too.
 """
 

@@ -13,7 +13,7 @@ import pytest
 
 from echopanel.audio.wav import read_pcm16
 from echopanel.client.resilient import ConnectionStatus, ResilientClient, transcribe_resilient
-from echopanel.pipeline.breaker import BreakerSettings, BreakerState
+from echopanel.flow.breaker import BreakerSettings, BreakerState
 from echopanel.testing.proxy import ChaosProxy
 
 from support import LIBRIVOX, ServerProcess, librivox_refs, run_server, wer

@@ -1,5 +1,5 @@
 from echopanel.events import Word
-from echopanel.pipeline.recognizer import Decoded, assemble_final
+from echopanel.recognizer.stream import Decoded, assemble_final
 
 
 def words(*spec: tuple[str, int, int]) -> tuple[Word, ...]:

@@ -10,9 +10,9 @@ import pytest
 
 from echopanel.engines.base import DecodePolicy, EngineCapabilities
 from echopanel.engines.chain import ChainEngine, ChainNotice, EnginesUnavailable
-from echopanel.pipeline.breaker import BreakerSettings
-from echopanel.pipeline.runner import Decoded, DecodeRequest, WorkerDied
-from echopanel.pipeline.scheduler import DecodeTimeout, JobResult
+from echopanel.flow.breaker import BreakerSettings
+from echopanel.inference.jobs import Decoded, DecodeRequest, WorkerDied
+from echopanel.inference.scheduler import DecodeTimeout, JobResult
 
 AUDIO = np.zeros(1600, np.float32)
 

@@ -13,8 +13,8 @@ from echopanel.audio.wav import read_audio
 from echopanel.engines.base import StreamOptions
 from echopanel.engines.sphinx import PocketsphinxEngine, SphinxPool
 from echopanel.events import TextDelta, TextFinal
-from echopanel.pipeline.runner import DecodeRequest, WorkerDied
-from echopanel.pipeline.scheduler import DecodeTimeout
+from echopanel.inference.jobs import DecodeRequest, WorkerDied
+from echopanel.inference.scheduler import DecodeTimeout
 
 from support import LIBRIVOX, librivox_refs, wer
 

@@ -26,6 +26,7 @@ class GatedStream(SpeechStream):
         self.options = options
         self.pushed = 0
         self.skipped: list[int] = []
+        self.cleared: list[int] = []  # samples the clock moved over at each clear
         self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
 
     @property
@@ -48,8 +49,8 @@ class GatedStream(SpeechStream):
     async def configure(self, turns: TurnSettings) -> None:
         pass
 
-    async def clear(self) -> None:
-        pass
+    async def clear(self, skip: int = 0) -> None:
+        self.cleared.append(skip)
 
     async def flush(self) -> None:
         pass

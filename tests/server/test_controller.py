@@ -7,11 +7,11 @@ from pathlib import Path
 
 from echopanel.config import Settings
 from echopanel.engines.base import DecodePolicy
-from echopanel.pipeline.ladder import Level
-from echopanel.pipeline.scheduler import InferenceScheduler
+from echopanel.flow.ladder import Level
+from echopanel.inference.scheduler import InferenceScheduler
+from echopanel.metrics import ServerMetrics
 from echopanel.server.controller import FlowController
-from echopanel.server.metrics import ServerMetrics
-from echopanel.server.session import Degraded, Session
+from echopanel.session.session import Degraded, Session
 
 from fakes.engines import GatedEngine
 

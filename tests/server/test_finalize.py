@@ -32,9 +32,9 @@ from echopanel.events import (
     Word,
     item_id,
 )
-from echopanel.pipeline.ladder import Level
-from echopanel.server.finalize import SpeakerUpdated
-from echopanel.server.session import Barrier, Session
+from echopanel.flow.ladder import Level
+from echopanel.session.finalize import SpeakerUpdated
+from echopanel.session.session import Barrier, Session
 from echopanel.speakers.embedding import default_weights_path
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.sqlite import SqliteStore
@@ -90,7 +90,7 @@ class ScriptedStream(SpeechStream):
     async def configure(self, turns: TurnSettings) -> None:
         pass
 
-    async def clear(self) -> None:
+    async def clear(self, skip: int = 0) -> None:
         pass
 
     async def flush(self) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from echopanel.config import Settings
-from echopanel.server.session import Backpressure, Session
+from echopanel.session.session import Backpressure, Session
 
 from fakes.engines import GatedEngine
 

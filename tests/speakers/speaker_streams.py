@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from echopanel.pipeline.segmenter import Closed, UtteranceSegmenter
-from echopanel.pipeline.vad import WINDOW, SileroVoiceDetector
+from echopanel.recognizer.segmenter import Closed, UtteranceSegmenter
+from echopanel.recognizer.vad import WINDOW, SileroVoiceDetector
 from echopanel.speakers.embedding import SpeakerEncoder
 from echopanel.speakers.metrics import Segment
 from echopanel.speakers.tracker import SpeakerTracker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from echopanel.pipeline.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from echopanel.flow.breaker import BreakerSettings, BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

@@ -31,7 +31,7 @@ def droppable(item: Any) -> bool:
 
 def transient(item: Any) -> bool:
     """Live status that nobody will read in time: metrics ticks and backpressure notices."""
-    from echopanel.server.session import Backpressure, SessionMetrics
+    from echopanel.session.session import Backpressure, SessionMetrics
 
     return isinstance(item, SessionMetrics | Backpressure)
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from echopanel.pipeline.scheduler import DecodeTimeout, InferenceScheduler, JobKind
+from echopanel.inference.scheduler import DecodeTimeout, InferenceScheduler, JobKind
 
 
 async def test_finals_before_partials_then_priority_then_age() -> None:

@@ -6,7 +6,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from echopanel.client import LiveClient
-from echopanel.server.admission import Admission
+from echopanel.flow.admission import Admission
 
 from support import ServerProcess, wait_until_ready
 

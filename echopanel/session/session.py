@@ -41,11 +41,11 @@ from echopanel.events import (
     Word,
     item_id,
 )
-from echopanel.pipeline.ladder import REASONS, Level
-from echopanel.server.finalize import SpeakerUpdated, finalize_session
-from echopanel.server.metrics import Arrivals, LatencyWindow, ServerMetrics, source_kind
-from echopanel.server.outbox import Outbox
+from echopanel.flow.ladder import REASONS, Level
+from echopanel.metrics import Arrivals, LatencyWindow, ServerMetrics, source_kind
 from echopanel.server.resilience import engine_fields, redecode_items
+from echopanel.session.finalize import SpeakerUpdated, finalize_session
+from echopanel.session.outbox import Outbox
 from echopanel.speakers.embedding import SAMPLE_RATE as SPEAKER_RATE
 from echopanel.speakers.live import SourceSpeakers, SpeakerService
 from echopanel.storage.recording import Recording, session_dir
@@ -338,7 +338,7 @@ class Session:
         """End the session: ``finish`` (flush every source, repair shed spans), settle speakers (``speaker.updated``
         for changed labels), build the summary, persist it with ``status`` ("completed" | "interrupted"), then put
         the ``session.summary`` event in the outbox and return it. Called twice, the second call waits for the
-        first's result. See echopanel/server/finalize.py."""
+        first's result. See echopanel/session/finalize.py."""
         if status not in ("completed", "interrupted"):
             raise ValueError(f"status must be 'completed' or 'interrupted', not {status!r}")
         if self._finalized is None:

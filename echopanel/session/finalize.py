@@ -24,7 +24,7 @@ from echopanel.speakers.tracker import SpeakerTurn
 from echopanel.storage.store import Finalization, ShedSpan, SourceRecord, SpeakerRecord
 
 if TYPE_CHECKING:
-    from echopanel.server.session import Session
+    from echopanel.session.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-from echopanel.pipeline.ladder import DegradeLadder, LadderSettings, Level, LoadSample, partial_interval_ms
+from echopanel.flow.ladder import DegradeLadder, LadderSettings, Level, LoadSample, partial_interval_ms
 
 HIGH = LoadSample(utilization=1.0, final_wait_s=0.8, final_utilization=0.6, partial_wait_s=0.5)
 MID = LoadSample(utilization=0.95, final_wait_s=0.3, final_utilization=0.6, partial_wait_s=0.5)

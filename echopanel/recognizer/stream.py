@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import DecodePolicy, SpeechStream, StreamOptions, TurnSettings
 from echopanel.events import (
     Committed,
     EngineEvent,
@@ -34,11 +33,12 @@ from echopanel.events import (
     TextFinal,
     Word,
 )
-from echopanel.pipeline.agreement import LocalAgreement, split_words
-from echopanel.pipeline.runner import Decoded, Decoder, DecodeRequest, DecodeRunner, ScheduledDecoder
-from echopanel.pipeline.scheduler import InferenceScheduler
-from echopanel.pipeline.segmenter import Closed, Opened, Utterance, UtteranceSegmenter
-from echopanel.pipeline.vad import WINDOW, VoiceDetector
+from echopanel.inference.jobs import Decoded, Decoder, DecodeRequest, DecodeRunner, ScheduledDecoder
+from echopanel.inference.scheduler import InferenceScheduler
+from echopanel.recognizer.agreement import LocalAgreement, split_words
+from echopanel.recognizer.segmenter import Closed, Opened, Utterance, UtteranceSegmenter
+from echopanel.recognizer.types import DecodePolicy, StreamOptions, TurnSettings
+from echopanel.recognizer.vad import WINDOW, VoiceDetector
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ class _Item:
 _END = object()
 
 
-class VadStreamingRecognizer(SpeechStream):
+class VadStreamingRecognizer:
+    """A ``SpeechStream`` (echopanel/engines/base.py) for engines that decode whole utterances."""
+
     def __init__(
         self,
         *,
@@ -195,9 +197,16 @@ class VadStreamingRecognizer(SpeechStream):
     def set_prompt(self, prompt: str) -> None:
         self._prompt = prompt
 
-    async def clear(self) -> None:
+    async def clear(self, skip: int = 0) -> None:
         async with self._lock:
             self._segmenter.discard()
+            if skip or len(self._carry):
+                # Audio dropped unheard (the session's queued audio, and the part-window carried here): the clock
+                # moves over it, so item times stay those of the recording. Not a shed gap: nothing to repair, and
+                # the next utterance does not start "cut".
+                self._segmenter.gap(skip + len(self._carry))
+                self._received += skip
+                self._detector.reset()
             self._carry = np.zeros(0, np.float32)
             if self._open is not None:
                 if self._partial_job is not None and not self._partial_job.done():

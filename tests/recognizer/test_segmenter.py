@@ -1,6 +1,6 @@
 import numpy as np
 
-from echopanel.pipeline.segmenter import Closed, Opened, UtteranceSegmenter
+from echopanel.recognizer.segmenter import Closed, Opened, UtteranceSegmenter
 
 W = 512  # 32 ms
 

@@ -1,4 +1,4 @@
-from echopanel.pipeline.agreement import LocalAgreement, split_words
+from echopanel.recognizer.agreement import LocalAgreement, split_words
 
 
 def test_words_agreed_by_two_decodes_become_stable_and_last_word_is_held_back() -> None:

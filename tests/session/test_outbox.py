@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from echopanel.events import SourceEvent, TextDelta, TextFinal
-from echopanel.server.outbox import Outbox
-from echopanel.server.session import Backpressure, SessionMetrics
+from echopanel.session.outbox import Outbox
+from echopanel.session.session import Backpressure, SessionMetrics
 
 
 def delta(item: int) -> SourceEvent:

@@ -1,6 +1,6 @@
 """Decode jobs: what a streaming recognizer asks of an engine, and how it is run.
 
-The recognizer (``recognizer.py``) segments audio into utterances and asks for decodes: a partial of the open
+The recognizer (``recognizer/stream.py``) segments audio into utterances and asks for decodes: a partial of the open
 utterance, or its final. A ``DecodeRunner`` takes such a ``DecodeRequest`` and returns a future of the result:
 
 - ``ScheduledDecoder``: a blocking ``Decoder`` (Whisper) on the shared ``InferenceScheduler`` (threads), with a time
@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from echopanel.events import Word
-from echopanel.pipeline.scheduler import InferenceScheduler, JobKind, JobResult
+from echopanel.inference.scheduler import InferenceScheduler, JobKind, JobResult
 
 HANG_MAX_S = 600.0  # an injected hang ends by itself after this long (or when the faults are cleared)
 

@@ -1,1 +1,0 @@
-"""Streaming pipeline: voice activity, utterance segmentation, local agreement, inference scheduling."""

@@ -1,12 +1,20 @@
-"""The typed event vocabulary of the pipeline (hot path: plain dataclasses).
+"""The typed event vocabulary (hot path: plain dataclasses), from the engines to the client.
 
-Engines emit these; the session tags them with their source; each protocol dialect turns them into its own
-wire events. Times are milliseconds of the source's own audio, counted from its first sample.
+- Engine events (``SpeechStarted`` ... ``RequestCompleted``): what a recognizer stream emits. The session tags
+  them with their source (``SourceEvent``).
+- Session events (``Backpressure``, ``Degraded``, ``SessionMetrics``, ``SpeakerUpdated``, ``SessionSummary``,
+  ``ErrorEvent``): what the session and the server say on their own.
+- Replies (``SessionCreated``, ``SessionUpdated``, ``AudioCleared``, ``Pong``, ``Replayed``): answers of a
+  connection to its client's commands.
+
+A session's outbox carries these and nothing else; each dialect's codec (``echopanel/protocol``) turns them into
+its wire messages. Times are milliseconds of the source's own audio, counted from its first sample.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,3 +114,170 @@ class SourceEvent:
 
 def item_id(source: str, item: int) -> str:
     return f"item_{source}_{item:05d}"
+
+
+# -- session events --------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Backpressure:
+    """A source's queue level changed (or it keeps shedding): ``normal`` | ``high`` | ``shedding``."""
+
+    source: str
+    level: str
+    queued_ms: int
+    dropped_ms: int
+    limit_ms: int
+
+
+@dataclass(slots=True, frozen=True)
+class Degraded:
+    """The degrade ladder moved (``cause="load"``), or the engines switched (``cause="engine"``)."""
+
+    level: int
+    name: str
+    reason: str
+    cause: str = "load"  # load | engine: notices of one cause replace each other while unsent
+
+
+@dataclass(slots=True, frozen=True)
+class Latency:
+    p50_ms: int | None
+    p95_ms: int | None
+
+
+@dataclass(slots=True, frozen=True)
+class SourceMetrics:
+    received_ms: int  # audio the server holds (recorded): the acknowledgement clients resend from
+    queued_ms: int
+    processed_ms: int
+    dropped_ms: int
+    rtf: float | None
+    first_partial_latency: Latency
+    final_latency: Latency
+    partial_interval_ms: int | None  # None: no partials for this source now
+    live: bool
+    backpressure: str
+
+
+@dataclass(slots=True, frozen=True)
+class SessionMetrics:
+    session_id: str
+    sources: dict[str, SourceMetrics]
+    degrade_level: int
+    degrade: str
+    engine: str  # the engine new decodes go to
+    breaker: str  # the primary engine's circuit breaker
+    breakers: dict[str, str] | None = None  # every engine of a fallback chain
+
+
+@dataclass(slots=True, frozen=True)
+class SpeakerUpdated:
+    """An item's speaker label changed after its final was sent (a late live label, or the final re-clustering)."""
+
+    item_id: str
+    source: str
+    speaker: str | None
+    previous: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class SessionSummary:
+    """The session ended: ``document`` is the stored summary (session_id, status, transcript, speaker_turns,
+    analysis, stats: docs/protocol.md "session.summary")."""
+
+    document: dict[str, Any]
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorEvent:
+    """Something the client should know went wrong. ``server``: the server's fault (an internal error), else the
+    client's (a refused event). ``fatal``: the connection closes after it (1011)."""
+
+    code: str
+    message: str
+    param: str | None = None
+    event_id: str | None = None  # the client event it answers
+    source: str | None = None
+    item_id: str | None = None
+    server: bool = False
+    fatal: bool = False
+
+
+# -- replies to client commands ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    max_message_bytes: int
+    mic_queue_ms: int
+    system_queue_ms: int
+    overflow: str
+    max_utterance_ms: int
+    max_sources: int
+    resume_grace_ms: int
+
+
+@dataclass(slots=True, frozen=True)
+class SessionInfo:
+    """What a session is: sent in ``session.created`` (again on resume)."""
+
+    id: str
+    sources: tuple[str, ...]
+    sample_rate: int
+    language: str
+    turn_detection: bool
+    model: str
+    engine: str
+    resume_token: str
+    limits: Limits
+
+
+@dataclass(slots=True, frozen=True)
+class SessionCreated:
+    info: SessionInfo
+    event_id: str | None = None
+    resumed: bool = False
+    received_ms: dict[str, int] | None = None  # resumed: audio the server holds, per source
+
+
+@dataclass(slots=True, frozen=True)
+class SessionUpdated:
+    session_id: str
+    language: str
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class AudioCleared:
+    source: str
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Pong:
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Replayed:
+    """A final sent again after a resume (it may have been lost in flight); clients drop it if they have it."""
+
+    event: SourceEvent
+
+
+ServerEvent = (
+    SourceEvent
+    | Backpressure
+    | Degraded
+    | SessionMetrics
+    | SpeakerUpdated
+    | SessionSummary
+    | ErrorEvent
+    | SessionCreated
+    | SessionUpdated
+    | AudioCleared
+    | Pong
+    | Replayed
+)

@@ -6,6 +6,8 @@ import json
 from enum import IntEnum, StrEnum
 from typing import Any
 
+from echopanel.events import ErrorEvent
+
 
 class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"
@@ -26,6 +28,8 @@ class ErrorCode(StrEnum):
     TRANSCRIPTION_FAILED = "transcription_failed"
     ENGINE_UNAVAILABLE = "engine_unavailable"  # every engine is failing; the item's audio is kept (recording)
     SESSION_CLOSING = "session_closing"
+    TOO_MANY_PENDING = "too_many_pending_events"  # a source's queue already holds its bound of control events
+    SERVER_FULL = "server_full"
     IDLE_TIMEOUT = "idle_timeout"
     INTERNAL_ERROR = "internal_error"
 
@@ -48,6 +52,10 @@ class ProtocolError(Exception):
         self.message = message
         self.param = param
         self.event_id = event_id
+
+    def event(self) -> ErrorEvent:
+        """The typed error event that tells the client (each dialect's codec encodes it)."""
+        return ErrorEvent(str(self.code), self.message, param=self.param, event_id=self.event_id)
 
 
 def load_event(text: str) -> tuple[dict[str, Any], str | None]:

@@ -1,21 +1,46 @@
-"""The OpenAI Realtime API transcription-session subset: client event models and server event encoding.
+"""The OpenAI Realtime transcription dialect's codec: wire messages <-> commands and typed events, without I/O.
 
-Only event types the official SDK knows are ever sent, so each arrives as the SDK's own typed class; EchoPanel's
-extras (tentative text, words, source, speaker) ride as extra fields on those events.
+The subset of the OpenAI Realtime API a transcription session uses (``/v1/realtime?intent=transcription``): one
+source ("mic"), PCM16 at 24 kHz, server VAD or manual commits. ``OpenAICodec.parse_text`` validates one client event
+into a ``Command``; ``encode`` turns one server event into its wire messages. Only event types the official SDK
+knows are ever sent, so each arrives as the SDK's own typed class; EchoPanel's extras (tentative text, words,
+source, speaker) ride as extra fields on those events. Events this API has no form for (backpressure, metrics,
+degrade notices, speaker updates, the summary) are not sent: they are in ``/metrics`` and the store.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from echopanel.engines.base import TurnSettings
+from echopanel.events import (
+    AudioCleared,
+    Committed,
+    ErrorEvent,
+    ItemFailed,
+    ServerEvent,
+    SessionCreated,
+    SessionUpdated,
+    SourceEvent,
+    SpeechStarted,
+    SpeechStopped,
+    TextDelta,
+    TextFinal,
+    item_id,
+)
+from echopanel.protocol import commands as cmd
 from echopanel.protocol.errors import ErrorCode, ProtocolError, load_event
+from echopanel.protocol.native import whole_samples, words_wire
 
 SAMPLE_RATE = 24000
+SOURCE = "mic"
 
 
 class _Strict(BaseModel):
@@ -153,7 +178,9 @@ class EffectiveConfig:
         }
 
 
-def apply_update(config: EffectiveConfig, raw: dict[str, Any], event_id: str | None) -> EffectiveConfig:
+def apply_update(
+    config: EffectiveConfig, raw: dict[str, Any], event_id: str | None, languages: tuple[str, ...] = ("en",)
+) -> EffectiveConfig:
     """Validate a ``session.update`` and return the new effective config; unsupported options name their param."""
     try:
         update = SessionConfig.model_validate(raw)
@@ -167,7 +194,7 @@ def apply_update(config: EffectiveConfig, raw: dict[str, Any], event_id: str | N
         raise unsupported("session.type", f"session type {update.type!r} is not supported; use 'transcription'")
     if update.include:
         raise unsupported("session.include", "include options are not supported")
-    new = EffectiveConfig(**vars(config))
+    new = replace(config)
     audio_in = update.audio.input if update.audio else None
     if audio_in is None:
         return new
@@ -189,12 +216,14 @@ def apply_update(config: EffectiveConfig, raw: dict[str, Any], event_id: str | N
         raise unsupported("session.audio.input.noise_reduction", "noise reduction is not supported; use null")
     tr = audio_in.transcription
     if tr is not None:
-        if tr.language not in (None, "en"):
+        if tr.language is not None and tr.language not in languages:
             raise unsupported(
                 "session.audio.input.transcription.language",
-                f"language {tr.language!r} is not supported by this model; use 'en'",
+                f"language {tr.language!r} is not supported by this model; use one of {list(languages)}",
                 ErrorCode.UNSUPPORTED_LANGUAGE,
             )
+        if tr.language is not None:
+            new.language = tr.language
         if tr.prompt is not None:
             new.prompt = tr.prompt[-500:]
     if "turn_detection" in audio_in.model_fields_set:
@@ -240,15 +269,200 @@ class EventIds:
         return f"{self._prefix}_{next(self._n)}"
 
 
-def error_event(server_id: str, err: ProtocolError, error_type: str = "invalid_request_error") -> dict[str, Any]:
+def error_wire(server_id: str, ev: ErrorEvent) -> dict[str, Any]:
     return {
         "type": "error",
         "event_id": server_id,
         "error": {
-            "type": error_type,
-            "code": str(err.code),
-            "message": err.message,
-            "param": err.param,
-            "event_id": err.event_id,
+            "type": "server_error" if ev.server else "invalid_request_error",
+            "code": ev.code,
+            "message": ev.message,
+            "param": ev.param,
+            "event_id": ev.event_id,
         },
     }
+
+
+class OpenAICodec:
+    """One transcription session's codec: its effective configuration, server event ids and item chain."""
+
+    def __init__(self, *, model: str, languages: tuple[str, ...] = ("en",)) -> None:
+        self.languages = languages
+        self.ids = EventIds()
+        self.config = EffectiveConfig(model=model)
+        self.previous_item: str | None = None
+
+    # -- client -> server --------------------------------------------------------------------------------------------
+
+    def parse_text(self, text: str) -> cmd.Command:
+        event = parse_event(text)
+        if isinstance(event, Append):
+            try:
+                pcm = base64.b64decode(event.audio, validate=True)
+            except (binascii.Error, ValueError):
+                raise ProtocolError(
+                    ErrorCode.INVALID_AUDIO, "audio is not valid base64", param="audio", event_id=event.event_id
+                ) from None
+            try:
+                return cmd.AppendAudio(SOURCE, whole_samples(pcm), event.event_id)
+            except ProtocolError as err:
+                err.event_id = event.event_id
+                raise
+        if isinstance(event, Commit):
+            return cmd.CommitAudio((SOURCE,), event.event_id)
+        if isinstance(event, Clear):
+            return cmd.ClearAudio((SOURCE,), event.event_id)
+        assert isinstance(event, SessionUpdate)
+        new = apply_update(self.config, event.session, event.event_id, self.languages)
+        old, self.config = self.config, new
+        turns = None
+        if (new.vad, new.threshold, new.prefix_padding_ms, new.silence_duration_ms) != (
+            old.vad,
+            old.threshold,
+            old.prefix_padding_ms,
+            old.silence_duration_ms,
+        ):
+            turns = TurnSettings(
+                enabled=new.vad,
+                threshold=new.threshold,
+                prefix_padding_ms=new.prefix_padding_ms,
+                silence_duration_ms=new.silence_duration_ms,
+            )
+        return cmd.UpdateSession(
+            language=new.language if new.language != old.language else None,
+            turns=turns,
+            prompt=new.prompt if new.prompt != old.prompt else None,
+            event_id=event.event_id,
+        )
+
+    def parse_binary(self, data: bytes) -> cmd.Command:
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "binary messages are not part of this protocol; send JSON events")
+
+    # -- server -> client --------------------------------------------------------------------------------------------
+
+    def encode(self, event: ServerEvent) -> list[dict[str, Any]]:
+        if isinstance(event, SourceEvent):
+            return self._source_event(event)
+        if isinstance(event, ErrorEvent):
+            return [error_wire(self.ids.next(), event)]
+        if isinstance(event, SessionCreated):
+            return [self._session("session.created", event.info.id)]
+        if isinstance(event, SessionUpdated):
+            return [self._session("session.updated", event.session_id)]
+        if isinstance(event, AudioCleared):
+            return [{"type": "input_audio_buffer.cleared", "event_id": self.ids.next()}]
+        # Backpressure, Degraded, SessionMetrics, SpeakerUpdated, SessionSummary, Pong, Replayed: no such events in
+        # this API (visible in /metrics and the logs; the stored transcript has the settled labels).
+        return []
+
+    def _source_event(self, item: SourceEvent) -> list[dict[str, Any]]:
+        ev = item.event
+        if isinstance(ev, SpeechStarted):
+            if not self.config.vad:
+                return []
+            return [
+                {
+                    "type": "input_audio_buffer.speech_started",
+                    "event_id": self.ids.next(),
+                    "item_id": item_id(SOURCE, ev.item),
+                    "audio_start_ms": ev.audio_start_ms,
+                }
+            ]
+        if isinstance(ev, SpeechStopped):
+            if ev.reason == "commit":
+                return [self._stopped(ev)] if self.config.vad else []
+            # Server VAD (or the length cap) ended the turn: it is committed at once.
+            stopped = [self._stopped(ev)] if self.config.vad else []
+            return [*stopped, self._committed(ev.item)]
+        if isinstance(ev, Committed):
+            if ev.item is None:
+                err = ErrorEvent(
+                    str(ErrorCode.COMMIT_EMPTY), "the input audio buffer holds no speech to commit",
+                    event_id=ev.event_id or None,
+                )  # fmt: skip
+                return [error_wire(self.ids.next(), err)]
+            return [self._committed(ev.item)]
+        if isinstance(ev, TextDelta):
+            return [
+                {
+                    "type": "conversation.item.input_audio_transcription.delta",
+                    "event_id": self.ids.next(),
+                    "item_id": item_id(SOURCE, ev.item),
+                    "content_index": 0,
+                    "delta": ev.delta,
+                    "tentative": ev.tentative,
+                    "source": SOURCE,
+                    "start_ms": ev.start_ms,
+                    "end_ms": ev.end_ms,
+                }
+            ]
+        if isinstance(ev, TextFinal):
+            return self._final(item, ev)
+        if isinstance(ev, ItemFailed):
+            return [
+                {
+                    "type": "conversation.item.input_audio_transcription.failed",
+                    "event_id": self.ids.next(),
+                    "item_id": item_id(SOURCE, ev.item),
+                    "content_index": 0,
+                    "error": {"type": "server_error", "code": ev.code, "message": ev.message, "param": None},
+                }
+            ]
+        return []  # RequestCompleted: no such event in this API
+
+    def _final(self, item: SourceEvent, ev: TextFinal) -> list[dict[str, Any]]:
+        iid = item_id(SOURCE, ev.item)
+        segment: list[dict[str, Any]] = []
+        if item.speaker is not None and ev.text:
+            segment = [
+                {
+                    "type": "conversation.item.input_audio_transcription.segment",
+                    "event_id": self.ids.next(),
+                    "item_id": iid,
+                    "content_index": 0,
+                    "id": f"seg_{ev.item:05d}",
+                    "text": ev.text,
+                    "speaker": item.speaker,
+                    "start": round(ev.start_ms / 1000, 3),
+                    "end": round(ev.end_ms / 1000, 3),
+                    "source": SOURCE,
+                    "start_ms": ev.start_ms,
+                    "end_ms": ev.end_ms,
+                }
+            ]
+        completed = {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "event_id": self.ids.next(),
+            "item_id": iid,
+            "content_index": 0,
+            "transcript": ev.text,
+            "usage": {"type": "duration", "seconds": round(max(0, ev.end_ms - ev.start_ms) / 1000, 3)},
+            "source": SOURCE,
+            "speaker": item.speaker,
+            "start_ms": ev.start_ms,
+            "end_ms": ev.end_ms,
+            "words": words_wire(ev.words),
+        }
+        return [*segment, completed]  # the segment first, so a client that stops at completed has both
+
+    def _session(self, kind: str, session_id: str) -> dict[str, Any]:
+        return {"type": kind, "event_id": self.ids.next(), "session": self.config.as_session(session_id)}
+
+    def _stopped(self, ev: SpeechStopped) -> dict[str, Any]:
+        return {
+            "type": "input_audio_buffer.speech_stopped",
+            "event_id": self.ids.next(),
+            "item_id": item_id(SOURCE, ev.item),
+            "audio_end_ms": ev.audio_end_ms,
+        }
+
+    def _committed(self, item: int) -> dict[str, Any]:
+        iid = item_id(SOURCE, item)
+        out = {
+            "type": "input_audio_buffer.committed",
+            "event_id": self.ids.next(),
+            "item_id": iid,
+            "previous_item_id": self.previous_item,
+        }
+        self.previous_item = iid
+        return out

@@ -16,11 +16,12 @@ from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
 from echopanel.flow.admission import Admission
 from echopanel.metrics import ServerMetrics
+from echopanel.server.context import ServerContext
 from echopanel.server.controller import FlowController
 from echopanel.server.live import live_endpoint
 from echopanel.server.realtime import realtime_endpoint
 from echopanel.server.resume import ResumeRegistry
-from echopanel.session.sessions_api import session_routes
+from echopanel.server.sessions_api import session_routes
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.store import AsyncStore
 
@@ -71,12 +72,8 @@ def create_app(
             *session_routes(),
         ]
     )
-    app.state.store = store  # stored sessions (echopanel/storage); None: nothing is stored
-    app.state.speakers = speakers  # live speaker labels; None: off
-    app.state.engine = engine
-    app.state.settings = settings
-    app.state.admission = admission
-    app.state.metrics = metrics
-    app.state.controller = controller
-    app.state.resumable = ResumeRegistry(settings, admission, metrics, controller)  # detached sessions (resume)
+    registry = ResumeRegistry(settings, metrics, controller)  # detached sessions (resume)
+    app.state.context = ServerContext(settings, engine, admission, metrics, registry, controller, store, speakers)
+    app.state.settings = settings  # the HTTP routes' view (sessions API)
+    app.state.store = store
     return app

@@ -1,4 +1,15 @@
-"""What every WebSocket dialect shares: one reader loop, one sender task, one bounded outbox, admission."""
+"""The I/O shell every WebSocket dialect shares: one reader loop, one sender task, the session's outbox.
+
+A connection owns no protocol knowledge: its dialect's codec (``echopanel/protocol``) parses each client message
+into a ``Command`` and encodes each outbox event into wire messages. The shell applies the commands every dialect
+has (audio, commit, clear, response.create, session.update, ping) to the session; a dialect adds the rest
+(``LiveConnection``: create, resume, close; ``RealtimeConnection``: a session from the first moment).
+
+Bounds: the outbox (``send_queue_events``; control events overtake it), a client that takes no event for
+``send_timeout_s`` is cut off (1008 "client not reading"), a connection that sends nothing for ``idle_timeout_s``
+ends (its session is finalized). An ``ErrorEvent`` with ``fatal`` (an internal error) is sent, then the
+connection closes with 1011 and the session is finalized as ``interrupted``.
+"""
 
 from __future__ import annotations
 
@@ -6,56 +17,82 @@ import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from echopanel.config import Settings
-from echopanel.engines.base import SpeechEngine
+from echopanel.events import AudioCleared, ErrorEvent, Pong, ServerEvent, SessionUpdated
+from echopanel.flow.admission import Lease
 from echopanel.flow.ladder import Level
-from echopanel.metrics import ServerMetrics
-from echopanel.protocol.errors import CloseCode, ProtocolError
-from echopanel.server.controller import FlowController
-from echopanel.session.outbox import Outbox
-from echopanel.session.session import Barrier, OutboxItem, Session
+from echopanel.flow.source_queue import MarkersFull
+from echopanel.protocol import commands as cmd
+from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from echopanel.server.context import ServerContext
+from echopanel.session.finalize import finalize
+from echopanel.session.outbox import Barrier, Outbox, discard
+from echopanel.session.session import Session
 
 log = logging.getLogger(__name__)
+
+
+SESSION_COMMANDS = (cmd.AppendAudio, cmd.CommitAudio, cmd.ClearAudio, cmd.RequestResponse, cmd.UpdateSession)
+
+
+class Codec(Protocol):
+    def parse_text(self, text: str) -> cmd.Command: ...
+
+    def parse_binary(self, data: bytes) -> cmd.Command: ...
+
+    def encode(self, event: ServerEvent) -> list[dict[str, Any]]: ...
 
 
 class DialectConnection(ABC):
     """One client connection speaking one dialect over one ``Session``."""
 
-    def __init__(self, ws: WebSocket, engine: SpeechEngine, settings: Settings) -> None:
+    # How the shared endpoint (``endpoint.py``) admits this dialect.
+    subprotocol: ClassVar[str | None] = None  # chosen when the client offers it
+    token_subprotocol: ClassVar[bool] = False  # browsers may send the token as a subprotocol
+    refuse_with_http: ClassVar[bool] = False  # full: HTTP 503 before the upgrade (else accept and close 1013)
+    may_resume: ClassVar[bool] = False  # full: admitted provisionally while detached sessions may be resumed
+
+    @staticmethod
+    def precheck(ws: WebSocket) -> str | None:
+        """A reason to refuse the connection (closed 1008 with it) before admission; None to go on."""
+        return None
+
+    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease, codec: Codec) -> None:
         self.ws = ws
-        self.engine = engine
-        self.settings = settings
-        self.outbox: Outbox = Outbox(settings.send_queue_events)  # outlives the socket when a session detaches
+        self.context = context
+        self.settings = context.settings
+        self.engine = context.engine
+        self.lease: Lease | None = lease  # released when the connection ends, unless it moved on with its session
+        self.codec = codec
+        self.outbox: Outbox = Outbox(self.settings.send_queue_events)  # outlives the socket when a session detaches
         self.session: Session | None = None
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self.slow_client = False
+        self.failed = False  # an internal error ended the session (a fatal error was sent)
         self.evicted = False  # its session was resumed on another connection (native dialect)
         self.peer_close_code: int | None = None  # the close code the client sent (1006: none, the connection dropped)
-        self.controller: FlowController | None = ws.app.state.controller
-        self.metrics: ServerMetrics | None = ws.app.state.metrics
 
     def new_session(self, **kwargs: Any) -> Session:
         """A session wired to this connection's outbox, the metrics and the current degrade level."""
-        level = self.controller.level if self.controller is not None else Level.NORMAL
-        state = self.ws.app.state
+        ctx = self.context
+        level = ctx.controller.level if ctx.controller is not None else Level.NORMAL
         session = Session(
             engine=self.engine,
             settings=self.settings,
             outbox=self.outbox,
-            metrics=self.metrics,
+            metrics=ctx.metrics,
             level=level,
-            store=getattr(state, "store", None),
-            speakers=getattr(state, "speakers", None),
+            store=ctx.store,
+            speakers=ctx.speakers,
             **kwargs,
         )
         self.session = session
-        if self.controller is not None:
-            self.controller.register(session)
+        if ctx.controller is not None:
+            ctx.controller.register(session)
         session.start()
         return session
 
@@ -67,21 +104,22 @@ class DialectConnection(ABC):
             try:
                 await self._reader
             except asyncio.CancelledError:
-                if not (self.slow_client or self.evicted):
+                if not (self.slow_client or self.evicted or self.failed):
                     raise
         finally:
+            if self.session is not None and not self.session.finalized:
+                await self.on_session_end()  # may detach the session (resume): then self.session is None
             if self.session is not None:
-                if not self.session.finalized:
-                    await self.on_session_end()  # may detach the session (resume): then self.session is None
-            if self.session is not None:
-                if self.controller is not None:
-                    self.controller.unregister(self.session)
+                if self.context.controller is not None:
+                    self.context.controller.unregister(self.session)
                 await self.session.aclose()
             if not self._sender.done():
                 self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
 
-    def on_sent(self, wire: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+    # -- hooks ---------------------------------------------------------------------------------------------------
+
+    def on_sent(self, event: ServerEvent) -> None:  # noqa: B027 - optional hook
         """One event was written to the socket (the native dialect keeps finals for replay on resume)."""
 
     async def on_open(self) -> None:  # noqa: B027 - optional hook
@@ -93,52 +131,69 @@ class DialectConnection(ABC):
         close event, so its disconnect is a normal end)."""
         await self.finalize_unattended("interrupted")
 
-    async def finalize_unattended(self, status: str) -> None:
-        """``Session.finalize`` after the client is gone: the outbox is emptied into the void meanwhile, so the
-        bounded outbox never blocks finalization; everything still lands in the store."""
-        assert self.session is not None
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
-
-        async def discard() -> None:
-            while True:
-                item = await self.outbox.get()
-                if isinstance(item, Barrier) and not item.done.done():
-                    item.done.set_result(None)
-
-        sink = asyncio.create_task(discard(), name="discard")
-        try:
-            await self.session.finalize(status)
-        except Exception:
-            log.exception("session %s: finalization after disconnect failed", self.session.id)
-        finally:
-            sink.cancel()
-            await asyncio.gather(sink, return_exceptions=True)
-
     @abstractmethod
-    async def on_text(self, text: str) -> bool:
-        """Handle one text message; True when the connection is done."""
-
-    @abstractmethod
-    async def on_binary(self, data: bytes) -> None: ...
-
-    @abstractmethod
-    def encode(self, item: OutboxItem) -> list[dict[str, Any]]:
-        """Wire events for one outbox item (none, one or several in this dialect)."""
-
-    @abstractmethod
-    def error(self, err: ProtocolError) -> dict[str, Any]: ...
+    async def on_command(self, command: cmd.Command) -> bool:
+        """A command only this dialect has; True when the connection is done."""
 
     async def on_idle(self) -> None:
         """The client sent nothing for ``idle_timeout_s``: end the connection (dialects finalize first)."""
         await self.ws.close(CloseCode.NORMAL, reason="idle timeout")
 
+    # -- commands ------------------------------------------------------------------------------------------------
+
+    async def apply(self, command: cmd.Command) -> bool:
+        """Apply one client command; True when the connection is done."""
+        if isinstance(command, cmd.Ping):
+            await self.outbox.put(Pong(command.event_id))
+            return False
+        if not isinstance(command, SESSION_COMMANDS):
+            return await self.on_command(command)
+        session = self.session
+        if session is None:
+            raise ProtocolError(ErrorCode.SESSION_NOT_CREATED, "send session.create first")
+        try:
+            if isinstance(command, cmd.AppendAudio):
+                if session.closing:
+                    raise ProtocolError(ErrorCode.SESSION_CLOSING, "the session is closing; audio was not accepted")
+                pcm = self.trim_resent(command.source, command.pcm)
+                if pcm:
+                    await session.append(command.source, pcm)
+            elif isinstance(command, cmd.CommitAudio):
+                for source in command.sources:
+                    await session.commit(source, command.event_id)
+            elif isinstance(command, cmd.ClearAudio):
+                for source in command.sources:
+                    await session.clear(source)
+                    await self.outbox.put(AudioCleared(source, command.event_id))
+            elif isinstance(command, cmd.RequestResponse):
+                for source in command.sources:
+                    await session.request(source, command.event_id)
+            elif isinstance(command, cmd.UpdateSession):
+                for source in session.source_names:
+                    if command.turns is not None:
+                        await session.configure(source, command.turns)
+                    if command.prompt is not None:
+                        session.set_prompt(source, command.prompt)
+                if command.language is not None:
+                    session.language = command.language
+                await self.outbox.put(SessionUpdated(session.id, session.language, command.event_id))
+        except MarkersFull as exc:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_PENDING, f"{exc}; the event was not applied, retry when results arrive"
+            ) from None
+        return False
+
+    def trim_resent(self, source: str, pcm: bytes) -> bytes:
+        """Audio a resuming client resends that the server already holds (native dialect)."""
+        return pcm
+
+    # -- I/O -----------------------------------------------------------------------------------------------------
+
     async def _read_loop(self) -> None:
         while True:
             try:
                 msg = await asyncio.wait_for(self.ws.receive(), self.settings.idle_timeout_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 log.info("connection idle for %.0f s: ending it", self.settings.idle_timeout_s)
                 await self.on_idle()
                 return
@@ -154,12 +209,20 @@ class DialectConnection(ABC):
                 return
             try:
                 if msg.get("text") is not None:
-                    if await self.on_text(msg["text"]):
-                        return
+                    command = self.codec.parse_text(msg["text"])
                 elif msg.get("bytes") is not None:
-                    await self.on_binary(msg["bytes"])
+                    command = self.codec.parse_binary(msg["bytes"])
+                else:
+                    continue
             except ProtocolError as err:
-                await self.outbox.put(self.error(err))
+                await self.outbox.put(err.event())
+                continue
+            try:
+                if await self.apply(command):
+                    return
+            except ProtocolError as err:
+                err.event_id = err.event_id or command.event_id
+                await self.outbox.put(err.event())
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been sent (or the sender stopped)."""
@@ -168,13 +231,39 @@ class DialectConnection(ABC):
         assert self._sender is not None
         await asyncio.wait([done, self._sender], return_when=asyncio.FIRST_COMPLETED)
 
+    async def finalize_unattended(self, status: str) -> None:
+        """Finalize after the client is gone: the outbox is emptied into the void meanwhile, so the bounded outbox
+        never blocks finalization; everything still lands in the store."""
+        assert self.session is not None
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        sink = asyncio.create_task(discard(self.outbox), name="discard")
+        try:
+            await finalize(self.session, status)
+        except Exception:
+            log.exception("session %s: finalization after disconnect failed", self.session.id)
+        finally:
+            sink.cancel()
+            await asyncio.gather(sink, return_exceptions=True)
+
     async def _cut_off_slow_client(self) -> None:
         """The client has taken no event for ``send_timeout_s``: disconnect instead of buffering without end."""
         log.warning("client not reading for %.0f s: disconnecting", self.settings.send_timeout_s)
         self.slow_client = True
         try:
             await asyncio.wait_for(self.ws.close(CloseCode.POLICY, reason="client not reading"), 1.0)
-        except (TimeoutError, RuntimeError, OSError):
+        except (asyncio.TimeoutError, RuntimeError, OSError):
+            pass
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _fatal(self) -> None:
+        """An internal error was sent: close (1011); the session is finalized as interrupted."""
+        self.failed = True
+        try:
+            await asyncio.wait_for(self.ws.close(CloseCode.SERVER_ERROR, reason="internal error"), 1.0)
+        except (asyncio.TimeoutError, RuntimeError, OSError):
             pass
         if self._reader is not None:
             self._reader.cancel()
@@ -186,11 +275,11 @@ class DialectConnection(ABC):
                 if not item.done.done():
                     item.done.set_result(None)
                 continue
-            for wire in self.encode(item):
+            for wire in self.codec.encode(item):
                 try:
                     text = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
                     await asyncio.wait_for(self.ws.send_text(text), self.settings.send_timeout_s)
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     self.outbox.put_front(item)  # not delivered: kept for a resume
                     await self._cut_off_slow_client()
                     return
@@ -200,7 +289,7 @@ class DialectConnection(ABC):
                 except asyncio.CancelledError:
                     self.outbox.put_front(item)  # stopped mid-write (the connection ended): kept for a resume
                     raise
-                self.on_sent(wire)
-                if wire.get("fatal"):
-                    await self.ws.close(CloseCode.SERVER_ERROR)
-                    return
+            self.on_sent(item)
+            if isinstance(item, ErrorEvent) and item.fatal:
+                await self._fatal()
+                return

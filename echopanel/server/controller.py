@@ -13,6 +13,8 @@ import logging
 import time
 
 from echopanel.engines.base import DecodePolicy
+from echopanel.engines.chain import ChainNotice
+from echopanel.events import Degraded
 from echopanel.flow.ladder import DegradeLadder, Level, LoadSample, partial_interval_ms
 from echopanel.inference.scheduler import InferenceScheduler
 from echopanel.metrics import ServerMetrics
@@ -59,6 +61,15 @@ class FlowController:
     def unregister(self, session: Session) -> None:
         self.sessions.discard(session)
         self.metrics.sessions_active.set(len(self.sessions))
+
+    def announce_engines(self, notice: ChainNotice) -> None:
+        """The fallback chain switched engines: ``session.degraded`` (cause "engine") to every live session."""
+        for session in list(self.sessions):
+            if notice.mode == "primary":
+                level, name = int(session.level), session.level.name.lower()
+            else:
+                level, name = int(Level.FALLBACK), "fallback" if notice.mode == "fallback" else "engines_down"
+            session.outbox.put_nowait(Degraded(level, name, notice.reason, cause="engine"))
 
     async def run(self) -> None:
         while True:

@@ -20,16 +20,16 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 from echopanel.config import Settings
-from echopanel.flow.admission import Admission
+from echopanel.events import Replayed, SessionInfo, SourceEvent
+from echopanel.flow.admission import Lease
 from echopanel.metrics import ServerMetrics
-from echopanel.session.outbox import Outbox
-from echopanel.session.session import Barrier, Session
-
-if TYPE_CHECKING:
-    from echopanel.server.controller import FlowController
+from echopanel.server.controller import FlowController
+from echopanel.session.finalize import finalize
+from echopanel.session.outbox import Outbox, discard
+from echopanel.session.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ MAX_REPLAY = 4096  # finals kept for replay per session, at most
 class Attachable(Protocol):
     """What the registry needs of a connection (``LiveConnection``)."""
 
-    owns_slot: bool
+    lease: Lease | None  # the admission slot; it moves to the registry while detached, then to the resuming one
 
     async def evict(self) -> None:
         """Stop this connection because its session was resumed on another one."""
@@ -49,22 +49,22 @@ class Attachable(Protocol):
 class Resumable:
     session: Session
     token: str
-    created: dict[str, Any]  # the session object of session.created, sent again on resume
+    info: SessionInfo  # what session.created said, sent again on resume
     outbox: Outbox
     connection: Attachable | None = None
-    sent_finals: deque[tuple[float, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=MAX_REPLAY))
+    sent_finals: deque[tuple[float, SourceEvent]] = field(default_factory=lambda: deque(maxlen=MAX_REPLAY))
     detached_at: float | None = None
-    owns_slot: bool = False  # a detached session holds its admission slot
+    lease: Lease | None = None  # while detached, the session's admission slot
     skip: dict[str, int] = field(default_factory=dict)  # samples to ignore at the start of resent audio, per source
     released: asyncio.Event = field(default_factory=asyncio.Event)  # set when the connection let go (detached)
     expiry: asyncio.Task[None] | None = None
     resumes: int = 0
     finished: bool = False  # finalized; nothing left to resume
 
-    def note_sent(self, wire: dict[str, Any], window_s: float) -> None:
-        """A response.done was written to the socket (kept for replay for ``window_s``)."""
+    def note_sent(self, final: SourceEvent, window_s: float) -> None:
+        """A final was written to the socket (kept for replay for ``window_s``)."""
         now = time.monotonic()
-        self.sent_finals.append((now, wire))
+        self.sent_finals.append((now, final))
         while self.sent_finals and self.sent_finals[0][0] < now - window_s:
             self.sent_finals.popleft()
 
@@ -74,14 +74,9 @@ class Resumable:
 
 class ResumeRegistry:
     def __init__(
-        self,
-        settings: Settings,
-        admission: Admission,
-        metrics: ServerMetrics | None = None,
-        controller: FlowController | None = None,
+        self, settings: Settings, metrics: ServerMetrics | None = None, controller: FlowController | None = None
     ) -> None:
         self.settings = settings
-        self.admission = admission
         self.metrics = metrics
         self.controller = controller
         self.entries: dict[str, Resumable] = {}
@@ -90,9 +85,8 @@ class ResumeRegistry:
     def detached(self) -> int:
         return sum(1 for e in self.entries.values() if e.connection is None and not e.finished)
 
-    def register(self, session: Session, created: dict[str, Any], connection: Attachable) -> Resumable:
-        assert isinstance(session.outbox, Outbox), "resumable sessions need an Outbox"
-        entry = Resumable(session, session.resume_token, created, session.outbox, connection)
+    def register(self, session: Session, info: SessionInfo, connection: Attachable) -> Resumable:
+        entry = Resumable(session, session.resume_token, info, session.outbox, connection)
         self.entries[session.id] = entry
         return entry
 
@@ -121,9 +115,7 @@ class ResumeRegistry:
         entry.connection = None
         entry.detached_at = time.monotonic()
         entry.outbox.detach()
-        if connection.owns_slot:
-            connection.owns_slot = False
-            entry.owns_slot = True
+        entry.lease, connection.lease = connection.lease, None  # the slot stays with the session
         entry.expiry = asyncio.create_task(self._expire(entry), name=f"grace-{entry.session.id}")
         entry.released.set()
         self._export()
@@ -146,9 +138,9 @@ class ResumeRegistry:
         if self.metrics is not None:
             self.metrics.sessions_interrupted.inc()
         session = entry.session
-        sink = asyncio.create_task(_discard(entry.outbox), name="discard")
+        sink = asyncio.create_task(discard(entry.outbox), name="discard")
         try:
-            await session.finalize("interrupted")
+            await finalize(session, "interrupted")
         except Exception:
             log.exception("session %s: finalization after the grace period failed", session.id)
         finally:
@@ -157,9 +149,9 @@ class ResumeRegistry:
             if self.controller is not None:
                 self.controller.unregister(session)
             await session.aclose()
-            if entry.owns_slot:
-                entry.owns_slot = False
-                self.admission.release()
+            if entry.lease is not None:
+                entry.lease.release()
+                entry.lease = None
             self.forget(entry)
 
     # -- resume ------------------------------------------------------------------------------------------------------
@@ -183,30 +175,22 @@ class ResumeRegistry:
         entry.connection = connection
         entry.outbox.attach()
         entry.released.clear()
-        if entry.owns_slot:
-            entry.owns_slot = False
-            if connection.owns_slot:
-                self.admission.release()  # the connection's own slot goes back: the session already had one
-            else:
-                connection.owns_slot = True  # admitted provisionally (server full): it takes the session's slot
+        if entry.lease is not None:
+            # The session already has a slot: it moves to this connection, whose own lease (a slot, or a
+            # provisional one when the server was full) goes back.
+            own, connection.lease, entry.lease = connection.lease, entry.lease, None
+            if own is not None:
+                own.release()
         entry.resumes += 1
         if self.metrics is not None:
             self.metrics.resumes.inc()
         self._export()
         return True
 
-    def replay(self, entry: Resumable) -> list[dict[str, Any]]:
+    def replay(self, entry: Resumable) -> list[Replayed]:
         """Finals written during the replay window before the drop, oldest first, marked ``replayed``."""
-        return [{**wire, "replayed": True} for _, wire in entry.sent_finals]
+        return [Replayed(final) for _, final in entry.sent_finals]
 
     def _export(self) -> None:
         if self.metrics is not None:
             self.metrics.sessions_detached.set(self.detached)
-
-
-async def _discard(outbox: Outbox) -> None:
-    """Nobody will read: empty the outbox as it fills so finalization never waits on it."""
-    while True:
-        item = await outbox.get()
-        if isinstance(item, Barrier) and not item.done.done():
-            item.done.set_result(None)

@@ -21,7 +21,7 @@ from echopanel.metrics import ServerMetrics
 from echopanel.server import memory
 from echopanel.server.app import create_app
 from echopanel.server.controller import FlowController
-from echopanel.server.resilience import announce, fault_routes
+from echopanel.server.faults import fault_routes
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.retention import sweep
 from echopanel.storage.sqlite import SqliteStore
@@ -97,8 +97,7 @@ async def serve(settings: Settings) -> None:
     app = create_app(engine, settings, controller, store=store, speakers=speakers)
     if isinstance(engine, ChainEngine) and controller is not None:
         engine.bind_metrics(controller.metrics)
-        sessions = controller.sessions
-        engine.listeners.append(lambda notice: announce(sessions, notice))
+        engine.listeners.append(controller.announce_engines)
     if faults is not None and isinstance(engine, ChainEngine):
         app.router.routes.extend(fault_routes(faults, engine.names))
         log.warning("fault injection is on: POST /faults makes engines fail, hang or die")

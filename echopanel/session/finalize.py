@@ -1,12 +1,15 @@
-"""Session finalization (the contract in docs/protocol.md): what ``Session.finalize(status)`` does, in order.
+"""Session finalization (the contract in docs/protocol.md): ``finalize(session, status)`` drives a session to its end.
 
-1. ``finish``: flush every source (every live final sent), repair shed spans from the recordings (``repaired``).
+1. Flush every source (every live final sent), then repair from the recordings: shed spans, and items a fallback
+   engine decoded or no engine could (``echopanel/session/repair.py``; the new finals are ``repaired``).
 2. Settle speakers, per source: wait for the live labelling jobs, label the items that have no live label
    (repaired ones, those past the pending bound) from the recording, re-cluster the whole source, and send
    ``speaker.updated {item_id, source, speaker, previous}`` for every item whose label changed.
 3. Build the summary over the whole transcript (``echopanel.analysis``, off the event loop).
 4. Persist: items' final labels, speakers, shed spans, summary and the status, in one transaction.
 5. Put ``session.summary`` in the outbox (after everything above, so a client that has it has everything).
+
+Idempotent: a second call waits for the first's result.
 """
 
 from __future__ import annotations
@@ -15,52 +18,63 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 from echopanel.analysis import Utterance, analyse
+from echopanel.events import SessionSummary, SpeakerUpdated
+from echopanel.session.repair import redecode_items, repair_shed
+from echopanel.session.session import Session
 from echopanel.speakers.live import label_of_span
 from echopanel.speakers.tracker import SpeakerTurn
 from echopanel.storage.store import Finalization, ShedSpan, SourceRecord, SpeakerRecord
 
-if TYPE_CHECKING:
-    from echopanel.session.session import Session
-
 log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True, frozen=True)
-class SpeakerUpdated:
-    """An item's speaker label changed after its final was sent (a late live label, or the final re-clustering)."""
-
-    item_id: str
-    source: str
-    speaker: str | None
-    previous: str | None
-
-    def wire(self) -> dict[str, Any]:
-        return {
-            "type": "speaker.updated",
-            "item_id": self.item_id,
-            "source": self.source,
-            "speaker": self.speaker,
-            "previous": self.previous,
-        }
+STATUSES = ("completed", "interrupted")
 
 
-async def finalize_session(session: Session, status: str, event_id: str | None) -> dict[str, Any]:
+async def finalize(session: Session, status: str, event_id: str | None = None) -> dict[str, Any]:
+    """End the session with ``status`` ("completed" | "interrupted"); returns the summary document (and puts
+    ``session.summary`` in the outbox). Called twice, the second call waits for the first's result."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be 'completed' or 'interrupted', not {status!r}")
+    if session.finalization is None:
+        session.finalization = asyncio.get_running_loop().create_future()
+        try:
+            document = await _finalize(session, status, event_id)
+        except BaseException as exc:
+            session.finalization.set_exception(exc)
+            session.finalization.exception()  # retrieved: the caller gets it raised
+            raise
+        session.finalization.set_result(document)
+    return await asyncio.shield(session.finalization)
+
+
+async def finish(session: Session) -> None:
+    """Flush every source, then repair from the recordings (shed spans, fallback and failed items)."""
+    await session.flush()
+    for state in session.sources.values():
+        if state.queue.shed_spans:
+            await repair_shed(session, state)
+    for state in session.sources.values():
+        book = session.ledger.books[state.name]
+        if book.fallback_items or book.failed_items:
+            await redecode_items(session, state)
+
+
+async def _finalize(session: Session, status: str, event_id: str | None) -> dict[str, Any]:
     started = time.monotonic()
-    await session.finish()
+    await finish(session)
     flushed = time.monotonic()
     talk_ms, relabelled, turns = await settle_speakers(session)
     settled = time.monotonic()
-    transcript = sorted(session.transcript, key=lambda t: (t.start_ms, t.source, t.item_id))
+    transcript = session.ledger.in_time_order()
     utterances = [Utterance(t.item_id, t.source, t.speaker, t.start_ms, t.end_ms, t.text) for t in transcript]
     analysis = await asyncio.get_running_loop().run_in_executor(None, analyse, utterances, talk_ms)
     analysed = time.monotonic()
     totals = analysis.pop("totals")
-    payload: dict[str, Any] = {
-        "type": "session.summary",
+    document: dict[str, Any] = {
         "session_id": session.id,
         "status": status,
         "transcript": [
@@ -100,7 +114,7 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
         fin = Finalization(
             status=status,
             ended_at=time.time(),
-            summary=payload,
+            summary=document,
             speakers=tuple(
                 SpeakerRecord(row["speaker"], row["source"], row["talk_ms"], row["items"])
                 for row in analysis["speakers"]
@@ -108,7 +122,7 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
             shed_spans=tuple(
                 ShedSpan(name, session.ms(a), session.ms(b))
                 for name, s in session.sources.items()
-                for a, b in s.shed_spans
+                for a, b in s.queue.shed_spans
             ),
             sources=tuple(
                 SourceRecord(
@@ -116,17 +130,15 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
                     s.priority,
                     session.sample_rate,
                     session.ms(s.recording.samples),
-                    session.ms(s.dropped_samples),
+                    session.ms(s.queue.dropped_samples),
                 )
                 for name, s in session.sources.items()
             ),
             relabelled=relabelled,
             keep_items=tuple(t.item_id for t in transcript),
         )
-        await session._store_write(session.store.store.finalize, session.id, fin)
-    if event_id is not None:
-        payload["event_id"] = event_id
-    await session.outbox.put(payload)
+        await session.ledger.write(session.store.store.finalize, session.id, fin)
+    await session.outbox.put(SessionSummary(document, event_id))
     log.info(
         "session %s finalized (%s): %d items, flush %.0f ms, speakers %.0f ms, analysis %.0f ms",
         session.id,
@@ -136,7 +148,7 @@ async def finalize_session(session: Session, status: str, event_id: str | None) 
         (settled - flushed) * 1000,
         (analysed - settled) * 1000,
     )
-    return payload
+    return document
 
 
 async def settle_speakers(
@@ -147,11 +159,12 @@ async def settle_speakers(
     all_turns: list[tuple[str, SpeakerTurn]] = []
     talk: dict[str, int] = defaultdict(int)
     changed: dict[str, str | None] = {}
-    index = {t.item_id: n for n, t in enumerate(session.transcript)}
+    items = session.ledger.items
+    index = {t.item_id: n for n, t in enumerate(items)}
     for name, state in session.sources.items():
         if state.speakers is None:
             continue
-        mine = [t for t in session.transcript if t.source == name]
+        mine = session.ledger.of(name)
         missing = [(t.number, t.start_ms, t.end_ms) for t in mine]
         labels, turns = await state.speakers.settle(missing)
         all_turns.extend((name, t) for t in turns)
@@ -162,7 +175,7 @@ async def settle_speakers(
             if label is None:
                 label = _nearest(turns, t.start_ms / 1000, t.end_ms / 1000)
             if label != t.speaker:
-                session.transcript[index[t.item_id]] = replace(t, speaker=label)
+                items[index[t.item_id]] = replace(t, speaker=label)
                 changed[t.item_id] = label
                 await session.outbox.put(SpeakerUpdated(t.item_id, name, label, t.speaker))
     all_turns.sort(key=lambda st: (st[1].start_s, st[0]))

@@ -13,12 +13,23 @@ from support import ServerProcess, wait_until_ready
 
 def test_admission_at_n_and_n_plus_one() -> None:
     adm = Admission(2)
-    assert adm.try_admit() and adm.try_admit()
-    assert not adm.try_admit() and adm.refused == 1
-    adm.release()
-    assert adm.capacity_left == 1 and adm.try_admit()
+    first, second = adm.acquire(), adm.acquire()
+    assert first is not None and second is not None
+    assert adm.acquire() is None and adm.refused == 1
+    first.release()
+    first.release()  # a lease is released once, however often it is asked
+    assert adm.capacity_left == 1 and adm.acquire() is not None
     with pytest.raises(ValueError):
         Admission(0)
+
+
+def test_a_provisional_lease_holds_no_slot() -> None:
+    adm = Admission(1)
+    assert adm.acquire() is not None
+    extra = adm.provisional()  # past the limit, only to resume a detached session
+    assert extra.provisional and adm.active == 1
+    extra.release()
+    assert adm.active == 1 and adm.capacity_left == 0
 
 
 async def test_session_n_plus_one_gets_503_with_retry_after(small_server: ServerProcess) -> None:

@@ -11,7 +11,8 @@ from echopanel.flow.ladder import Level
 from echopanel.inference.scheduler import InferenceScheduler
 from echopanel.metrics import ServerMetrics
 from echopanel.server.controller import FlowController
-from echopanel.session.session import Degraded, Session
+from echopanel.events import Degraded
+from echopanel.session.session import Session
 
 from fakes.engines import GatedEngine
 
@@ -65,7 +66,7 @@ async def test_load_climbs_the_ladder_sessions_hear_it_and_it_recovers(tmp_path:
         assert ctl.level == Level.SHED_SYSTEM and engine.policy.final_beam_size == 1
         assert not session.sources["system"].live and session.sources["mic"].live
         await session.append("system", b"\x00" * 3200)  # recorded, not queued
-        assert session.sources["system"].dropped_samples == 1600
+        assert session.sources["system"].queue.dropped_samples == 1600
         notices = [i for i in _drain(session) if isinstance(i, Degraded)]
         assert [n.level for n in notices] == [1, 2, 3, 4, 5]
         assert notices[-1].name == "shed_system" and "system audio" in notices[-1].reason

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from echopanel.config import Settings
-from echopanel.session.session import Backpressure, Session
+from echopanel.events import Backpressure
+from echopanel.session.session import Session
 
 from fakes.engines import GatedEngine
 
@@ -45,18 +46,18 @@ async def test_shed_at_n_plus_one_not_at_n_and_backpressure_rises_and_falls(tmp_
         for _ in range(2):
             await session.append("system", b"\x00" * 100 * MS)  # exactly N = 200 ms queued
         system = session.sources["system"]
-        assert system.queued_samples == 200 * 16 and system.dropped_samples == 0
+        assert system.queue.queued_samples == 200 * 16 and system.queue.dropped_samples == 0
         levels = [b.level for b in drain_backpressure(session)]
         assert levels[-1] == "high"
         await session.append("system", b"\x00" * 100 * MS)  # N + 1: the oldest queued chunk is shed
-        assert system.dropped_samples == 100 * 16 and system.queued_samples == 200 * 16
-        assert system.shed_spans == [[100 * 16, 200 * 16]]
+        assert system.queue.dropped_samples == 100 * 16 and system.queue.queued_samples == 200 * 16
+        assert system.queue.shed_spans == [[100 * 16, 200 * 16]]
         bp = drain_backpressure(session)
         assert bp[-1].level == "shedding" and bp[-1].dropped_ms == 100 and bp[-1].limit_ms == 200
         # The microphone's larger bound holds the same audio without loss.
         for _ in range(4):
             await session.append("mic", b"\x00" * 100 * MS)
-        assert session.sources["mic"].dropped_samples == 0
+        assert session.sources["mic"].queue.dropped_samples == 0
         assert system.recording.samples == 400 * 16  # everything accepted was recorded, shed or not
         engine.gate.set()  # the recognizer catches up
         await asyncio.sleep(1.2)  # past the shedding hold
@@ -82,7 +83,7 @@ async def test_block_policy_waits_at_n_plus_one(tmp_path: Path) -> None:
         blocked = asyncio.create_task(session.append("mic", b"\x00" * 100 * MS))  # N + 1 waits
         await asyncio.sleep(0.2)
         assert not blocked.done()
-        assert session.sources["mic"].dropped_samples == 0
+        assert session.sources["mic"].queue.dropped_samples == 0
         engine.gate.set()
         await asyncio.wait_for(blocked, 2)
     finally:
@@ -96,6 +97,6 @@ async def test_large_single_chunk_passes_alone(tmp_path: Path, overflow: str) ->
     session.start()
     try:
         await asyncio.wait_for(session.append("mic", b"\x00" * 1000 * MS), 2)  # 1 s > the 400 ms bound
-        assert session.sources["mic"].dropped_samples == 0
+        assert session.sources["mic"].queue.dropped_samples == 0
     finally:
         await session.aclose()

@@ -1,4 +1,4 @@
-"""Session.finalize on a real Session and a real SQLite store, with a scripted engine (a fake that subclasses the
+"""finalize() on a real Session and a real SQLite store, with a scripted engine (a fake that subclasses the
 engine interface) and, for speakers, the real encoder on real speech read back from the session's recording."""
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from echopanel.engines.base import (
 from echopanel.events import (
     EngineEvent,
     RequestCompleted,
+    SessionSummary,
     SourceEvent,
+    SpeakerUpdated,
     SpeechStarted,
     SpeechStopped,
     TextFinal,
@@ -33,8 +35,9 @@ from echopanel.events import (
     item_id,
 )
 from echopanel.flow.ladder import Level
-from echopanel.session.finalize import SpeakerUpdated
-from echopanel.session.session import Barrier, Session
+from echopanel.session.finalize import finalize
+from echopanel.session.outbox import Barrier
+from echopanel.session.session import Session
 from echopanel.speakers.embedding import default_weights_path
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.sqlite import SqliteStore
@@ -155,12 +158,12 @@ async def test_finalize_persists_and_summarises(tmp_path: Path) -> None:
     client = Client(session)
     try:
         await session.append("mic", b"\x00\x00" * 16000 * 5)
-        payload = await session.finalize("completed", "evt_9")
-        again = await session.finalize("completed")  # idempotent: the same result, nothing sent twice
+        payload = await finalize(session, "completed", "evt_9")
+        again = await finalize(session, "completed")  # idempotent: the same result, nothing sent twice
         assert again is payload
         events = await client.stop()
-        summaries = [e for e in events if isinstance(e, dict) and e.get("type") == "session.summary"]
-        assert summaries == [payload] and payload["event_id"] == "evt_9"
+        summaries = [e for e in events if isinstance(e, SessionSummary)]
+        assert [e.document for e in summaries] == [payload] and summaries[0].event_id == "evt_9"
         finals = [e for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
         assert events.index(summaries[0]) > max(events.index(f) for f in finals)  # the summary comes last
         assert [t["text"] for t in payload["transcript"]] == [text for _, _, text in SCRIPT]
@@ -173,7 +176,7 @@ async def test_finalize_persists_and_summarises(tmp_path: Path) -> None:
         assert [i.text for i in store.store.items(session.id)] == [text for _, _, text in SCRIPT]
         assert store.store.summary(session.id) == {k: v for k, v in payload.items() if k != "event_id"}
         with pytest.raises(ValueError):
-            await session.finalize("done")
+            await finalize(session, "done")
     finally:
         await session.aclose()
         store.close()
@@ -243,7 +246,7 @@ async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, 
     client = Client(session)
     try:
         await stream_phone(session, "system")
-        payload = await session.finalize("completed")
+        payload = await finalize(session, "completed")
         events = await client.stop()
         finals = [e for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
         live = {item_id(f.source, f.event.item): f.speaker for f in finals}
@@ -277,7 +280,7 @@ async def test_a_label_not_ready_in_time_follows_as_speaker_updated(tmp_path: Pa
     client = Client(session)
     try:
         await stream_phone(session, "mic")
-        payload = await session.finalize("completed")
+        payload = await finalize(session, "completed")
         events = await client.stop()
         finals = {
             item_id(e.source, e.event.item): e.speaker
@@ -309,7 +312,7 @@ async def test_under_load_live_labels_pause_and_finalization_labels_everything(
         assert tracker is not None
         await asyncio.sleep(0.2)  # the last scripted final lands
         assert tracker.stats()["labelled"] == 0 and tracker.paused == len(phone_turns())
-        payload = await session.finalize("completed")
+        payload = await finalize(session, "completed")
         events = await client.stop()
         finals = [e for e in events if isinstance(e, SourceEvent) and isinstance(e.event, TextFinal)]
         assert len(finals) == len(phone_turns()) and all(f.speaker is None for f in finals)
@@ -343,7 +346,7 @@ async def test_labels_pause_when_load_rises_and_resume_when_it_falls(tmp_path: P
 
     try:
         await stream_phone(session, "system", change_level)
-        payload = await session.finalize("completed")
+        payload = await finalize(session, "completed")
         events = await client.stop()
     finally:
         await session.aclose()

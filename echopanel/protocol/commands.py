@@ -1,0 +1,88 @@
+"""What clients ask for, whatever their dialect: the commands a codec's ``parse`` returns.
+
+Each dialect's codec (``native.py``, ``openai_realtime.py``) turns a wire message into one of these, already
+validated (base64 decoded, whole PCM16 samples, known source, supported settings); the server's connection applies
+them to the session. ``source`` None means "every source" for commit / clear / response.create and "the first
+source" for audio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from echopanel.engines.base import TurnSettings
+
+
+@dataclass(slots=True, frozen=True)
+class CreateSession:
+    sources: tuple[str, ...]
+    sample_rate: int
+    language: str
+    turn_detection: bool
+    overflow: str | None  # None: the server's default
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ResumeSession:
+    session_id: str
+    resume_token: str
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class AppendAudio:
+    source: str  # a source of the session
+    pcm: bytes  # PCM16 LE mono, whole samples (may be empty)
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CommitAudio:
+    sources: tuple[str, ...]
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ClearAudio:
+    sources: tuple[str, ...]
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RequestResponse:
+    sources: tuple[str, ...]
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class UpdateSession:
+    """Settings that change mid-session; None leaves a setting as it is."""
+
+    language: str | None = None
+    turns: TurnSettings | None = None
+    prompt: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CloseSession:
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Ping:
+    event_id: str | None = None
+
+
+Command = (
+    CreateSession
+    | ResumeSession
+    | AppendAudio
+    | CommitAudio
+    | ClearAudio
+    | RequestResponse
+    | UpdateSession
+    | CloseSession
+    | Ping
+)

@@ -1,0 +1,30 @@
+"""What every connection of one server shares: settings, the engine, admission, the flow controller, the store,
+the speaker service, the registry of detached sessions, and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from echopanel.config import Settings
+from echopanel.engines.base import SpeechEngine
+from echopanel.flow.admission import Admission
+from echopanel.metrics import ServerMetrics
+from echopanel.speakers.live import SpeakerService
+from echopanel.storage.store import AsyncStore
+
+if TYPE_CHECKING:
+    from echopanel.server.controller import FlowController
+    from echopanel.server.resume import ResumeRegistry
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    engine: SpeechEngine
+    admission: Admission
+    metrics: ServerMetrics
+    registry: ResumeRegistry
+    controller: FlowController | None = None
+    store: AsyncStore | None = None  # stored sessions (echopanel/storage); None: nothing is stored
+    speakers: SpeakerService | None = None  # live speaker labels; None: off

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tcp_proxy import TcpProxy
 
 from echopanel.client.listen import ResendBuffer, backoff_delay
+from echopanel.testing.proxy import ThreadedChaosProxy
 
 from support import ServerProcess, speech_wav, wer
 
@@ -113,7 +113,7 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
     proxy) and the session resumes: the text is still right."""
     wav = tmp_path / "speech.wav"
     reference = speech_wav(wav, STEMS, lead_s=0.5, gap_s=1.0, tail_s=0.5)
-    proxy = TcpProxy(server.port).__enter__()
+    proxy = ThreadedChaosProxy("127.0.0.1", server.port).start()
     url = f"ws://127.0.0.1:{proxy.port}/v1/live"
     proc = subprocess.Popen(
         [sys.executable, "-m", "echopanel", "listen", "--mic", "ep_mic.monitor", "--system", "ep_system.monitor",
@@ -148,13 +148,13 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
         assert all_flowing.wait(15), "\n".join(lines)
         player = subprocess.Popen(["paplay", "--device=ep_system", str(wav)], env=pulse)
         time.sleep(5.0)  # mid-way through the first sentence
-        proxy.drop_all()
+        proxy.cut()
         assert player.wait(90) == 0
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, "\n".join(lines)
     finally:
-        proxy.__exit__()
+        proxy.stop()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 from browser_support import CHROMIUM, FLAGS, launch, save_screenshot
 from playwright.sync_api import Browser, Page, Playwright, expect
-from tcp_proxy import TcpProxy, free_port
 
-from support import ServerProcess, run_server, wer
+from echopanel.testing.proxy import ThreadedChaosProxy
+
+from support import ServerProcess, free_port, run_server, wer
 
 # Recorded in the page from the start: when each item first showed partial text, when it became final, and every
 # connection state the page went through (so a state that lasts a moment is not missed).
@@ -196,7 +197,7 @@ def test_dropped_socket_and_server_restart(
     first_running = True
     browser = launch(playwright, speech[0], loop=True)
     try:
-        with TcpProxy(port) as proxy:
+        with ThreadedChaosProxy("127.0.0.1", port) as proxy:
             page = open_panel(browser, f"http://127.0.0.1:{proxy.port}/")
             page.evaluate("window.__noReload = true")
             page.get_by_role("button", name="Start").click()
@@ -207,7 +208,7 @@ def test_dropped_socket_and_server_restart(
             # 1. The socket closes mid-stream (the network drops it; the server keeps running): the page says so,
             #    reconnects, resumes the same session and goes on transcribing.
             finals_before = page.locator(FINALS).count()
-            proxy.drop_all()
+            proxy.cut()
             page.wait_for_function("window.__ep.states.includes('reconnecting')", timeout=10_000)
             expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=20_000)
             expect(page.locator("#session-id")).to_have_text(session_id)

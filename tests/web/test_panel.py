@@ -321,3 +321,38 @@ def test_client_buffer_bound(browser: Browser, server: ServerProcess) -> None:
     assert result["rebased"] == [0, 60, 0]  # what the server never acknowledged, counted from 0
     assert result["first"] == 3
     page.context.close()
+
+
+def test_reconnect_policy(browser: Browser, server: ServerProcess) -> None:
+    """The page's reconnect policy (echopanel/web/buffer.js, the same as echopanel/client/reconnect.py) in the real
+    browser: full jitter up to a doubling cap, 5 failures open the breaker for 60 s, one grace trial at 75 %."""
+    page = open_panel(browser, server.http + "/")
+    result = page.evaluate(
+        """async () => {
+          const { ReconnectPolicy } = await import('/static/buffer.js');
+          const high = new ReconnectPolicy({ random: () => 1 });
+          const caps = [0, 1, 2, 4, 5, 50].map((n) => { high.failures = n; return high.next(0).delayMs; });
+          const p = new ReconnectPolicy({ random: () => 0 });
+          p.outage(100000, 30000);  // dropped at 100 s; the server keeps the session for 30 s
+          for (let i = 0; i < 5; i++) { p.next(100000 + 1000 * i); p.failed(100000 + 1000 * i); }
+          const opened = p.state(104000);
+          const grace = p.next(104000);
+          p.failed(122500);
+          const waiting = p.next(122500);
+          const trial = p.next(164000);
+          p.failed(164000);
+          const reopened = p.next(164000);
+          const last = p.next(224000);
+          p.succeeded(224500);
+          return {caps, opened, grace, waiting, trial, reopened, last, closed: p.state(224500), failures: p.failures};
+        }"""
+    )
+    assert result["caps"] == [250, 500, 1000, 4000, 8000, 10000]
+    assert result["opened"] == "open"
+    assert result["grace"] == {"delayMs": 18500, "attempt": True, "graceTrial": True}  # at 122.5 s, not 164 s
+    assert result["waiting"] == {"delayMs": 41500, "attempt": False, "graceTrial": False}  # once only
+    assert result["trial"]["attempt"] and not result["trial"]["graceTrial"]  # the breaker's own trial at 60 s
+    assert result["reopened"] == {"delayMs": 60000, "attempt": False, "graceTrial": False}
+    assert result["last"]["attempt"]
+    assert result["closed"] == "closed" and result["failures"] == 0
+    page.context.close()

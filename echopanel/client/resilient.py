@@ -57,7 +57,9 @@ from echopanel.protocol.frames import encode_frame
 log = logging.getLogger(__name__)
 
 BYTES_PER_SAMPLE = 2
-RETRY_CLOSE_CODES = {1001, 1006, 1011, 1012, 1013}  # worth a reconnect; others (1000, 1008, 4000) end the client
+# Worth a reconnect: the closes after which the server keeps the session for a resume (docs/protocol.md, "Resume"),
+# and 1013 (full). Others (1000, 1008, 1009, 4000, ...) end the client.
+RETRY_CLOSE_CODES = {1001, 1005, 1006, 1011, 1012, 1013, 1014}
 RETRY_ERROR_CODES = {"server_full"}  # an error answering session.create that a later attempt may not get
 CLOSE_UNAUTHORIZED = (1008, "unauthorized")
 CLOSE_RESUMED_ELSEWHERE = 4000

@@ -2,7 +2,7 @@
 // Plain ES module, no build step. Protocol: docs/protocol.md; reconnect and resume: docs/protocol.md ("Resume",
 // "Reconnect policy"); the bounds: docs/behaviour.md.
 
-import { ReconnectPolicy, SourceBuffer } from "./buffer.js";
+import { RETRY_CLOSE_CODES, ReconnectPolicy, SourceBuffer } from "./buffer.js";
 
 const SAMPLE_RATE = 16000; // what the worklet sends: PCM16 LE mono
 const SAMPLES_PER_MS = SAMPLE_RATE / 1000;
@@ -306,6 +306,9 @@ function onSocketClosed(ev) {
   if (ev.code === 4000) {
     // The server gave this session to another connection that resumed it: do not fight over it.
     return fail("This session was resumed by another connection (another tab or client); this page stopped.");
+  }
+  if (!RETRY_CLOSE_CODES.has(ev.code)) {
+    return fail(`The server closed the connection (close ${ev.code}${ev.reason ? `: ${ev.reason}` : ""}); this page stopped. Press Start for a new session.`);
   }
   lost(hadSession);
   scheduleReconnect(ev.code);

@@ -84,6 +84,9 @@ export const BACKOFF_MAX_MS = 10000;
 export const BREAKER_FAILURES = 5; // failed attempts in a row that open the breaker
 export const BREAKER_OPEN_MS = 60000; // then no attempt for this long, then one trial
 export const GRACE_TRIAL_AT = 0.75; // with the breaker open, one attempt at this fraction of resume_grace_ms
+// Closes worth a reconnect (the server keeps the session for a resume; 1013: full); any other close ends the page's
+// session (1000: it ended; 1008 "unauthorized": the token; 4000: resumed elsewhere; 1008/1009: a broken rule).
+export const RETRY_CLOSE_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 
 /** When to attempt the next connection. Pure: the clock is passed in, the randomness injected. */
 export class ReconnectPolicy {

@@ -292,7 +292,6 @@ class ResilientClient(LiveClient):
         self._error: BaseException | None = None
         self._gen = 0  # which connection: bumped by each attach, so a sender on an old one stops
         self._live = False
-        self._closing = False
         self._done = False
         self._seen_finals: set[str] = set()
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(10_000)
@@ -393,7 +392,6 @@ class ResilientClient(LiveClient):
         self._check()
         if self._supervisor is None:
             raise ConnectionError("not open: open() or start() first")
-        self._closing = True
         deadline = self.clock() + timeout_s
         supervisor = self._supervisor
         while not self._done and self.clock() < deadline:

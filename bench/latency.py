@@ -54,8 +54,6 @@ from bench.common import (
     librivox_files,
     normalize,
     percentile,
-    process_tree_cpu,
-    start_server,
     wer,
     write_json,
 )
@@ -64,6 +62,7 @@ from echopanel.audio.wav import read_audio
 from echopanel.client import LiveClient, TranscriptView
 from echopanel.client.live import ItemView
 from echopanel.client.stream import BYTES_PER_SAMPLE, transcribe
+from echopanel.testing.server import process_tree_cpu, start_server
 
 SOURCE = "mic"
 CHUNK_MS = 40

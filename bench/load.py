@@ -36,17 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     PHONE,
     SAMPLE_RATE,
-    ServerProcess,
     cards_files,
     librivox_files,
     percentile,
-    start_server,
     write_json,
 )
 from echopanel.audio.convert import float_to_pcm16
 from echopanel.audio.wav import read_audio
 from echopanel.client import LiveClient
 from echopanel.client.stream import send_source
+from echopanel.testing.server import ServerProcess, start_server
 
 
 def clips() -> list[np.ndarray]:

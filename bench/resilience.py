@@ -41,10 +41,8 @@ from bench.common import (
     CARDS,
     LIBRIVOX,
     PHONE,
-    ServerProcess,
     fmt,
     git_state,
-    start_server,
     write_json,
 )
 from echopanel.audio.convert import float_to_pcm16
@@ -53,6 +51,7 @@ from echopanel.client import LiveClient
 from echopanel.client.resilient import ResilientClient, transcribe_resilient
 from echopanel.client.stream import send_source
 from echopanel.testing.proxy import ChaosProxy
+from echopanel.testing.server import ServerProcess, start_server
 
 GAP = b"\x00\x00" * 16000
 SENTENCE = "sense_and_sensibility_01_austen_64kb-0870"

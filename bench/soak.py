@@ -50,7 +50,6 @@ from bench.common import (
     PHONE,
     SAMPLE_RATE,
     ContentionMonitor,
-    ServerProcess,
     cards_files,
     describe_close,
     fmt,
@@ -59,14 +58,12 @@ from bench.common import (
     normalize,
     pct,
     phone_reference,
-    process_tree_cpu,
-    process_tree_rss,
-    start_server,
     write_json,
 )
 from echopanel.audio.wav import read_pcm16
 from echopanel.client import LiveClient, ServerError, TranscriptView
 from echopanel.client.stream import BYTES_PER_SAMPLE, transcribe
+from echopanel.testing.server import ServerProcess, process_tree_cpu, process_tree_rss, start_server
 
 SOURCE = "mic"
 SAMPLE_EVERY_S = 2.0

@@ -33,7 +33,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import ROOT, start_server
+from bench.common import ROOT
+from echopanel.testing.server import start_server
 
 sys.path.insert(0, str(ROOT / "tests" / "speakers"))
 

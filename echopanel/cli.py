@@ -111,7 +111,13 @@ async def _transcribe_async(args: argparse.Namespace) -> int:
 
     from echopanel.audio.wav import read_pcm16
     from echopanel.client import ServerError, TranscriptView
-    from echopanel.client.resilient import ConnectionStatus, ResilientClient, SessionLost, transcribe_resilient
+    from echopanel.client.resilient import (
+        ConnectionStatus,
+        FatalConnectionError,
+        ResilientClient,
+        SessionLost,
+        transcribe_resilient,
+    )
 
     sources = ["mic", "system"][: len(args.files)]
     audio = {source: read_pcm16(path) for source, path in zip(sources, args.files, strict=True)}
@@ -176,7 +182,7 @@ async def _transcribe_async(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"echopanel transcribe: server refused the session: {exc}", file=sys.stderr)
         return 1
-    except SessionLost as exc:
+    except (SessionLost, FatalConnectionError) as exc:
         print(f"echopanel transcribe: {exc}", file=sys.stderr)
         return 1
     if client.lost_ms:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ServerProcess as ServerProcess  # re-exported for the tests
-from bench.common import start_server
 from echopanel.evaluation import normalize as normalize  # re-exported for the tests
 from echopanel.evaluation import wer as wer
+from echopanel.testing.server import ServerProcess as ServerProcess  # re-exported for the tests
+from echopanel.testing.server import free_port as free_port
+from echopanel.testing.server import start_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
 LIBRIVOX = FIXTURES / "librivox"
@@ -30,6 +31,16 @@ def librivox_refs() -> dict[str, str]:
     return refs
 
 
+def cards_refs() -> dict[str, str]:
+    """The card readings' references by file stem (``001`` ...)."""
+    refs = {}
+    for line in (CARDS / "cards.transcription").read_text().splitlines():
+        m = re.match(r"<s>(.*)</s>\s*\((.*)\)", line.strip())
+        if m:
+            refs[m.group(2).strip()] = " ".join(m.group(1).split())
+    return refs
+
+
 def phone_ref(start_s: float = 0.0) -> str:
     words = []
     for line in (PHONE / "sample.stm").read_text().splitlines():
@@ -43,7 +54,7 @@ def phone_ref(start_s: float = 0.0) -> str:
 def run_server(
     tmp: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None
 ) -> Iterator[ServerProcess]:
-    """A real ``echopanel serve --port 0`` process with its data in ``tmp`` (the benchmarks' launcher)."""
+    """A real ``echopanel serve --port 0`` process with its data in ``tmp`` (``echopanel.testing.server``)."""
     with start_server(env=env, args=args or (), data_dir=tmp) as server:
         yield server
 

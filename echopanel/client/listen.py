@@ -1,21 +1,22 @@
 """``echopanel listen``: live capture from the microphone and system audio, streamed to a server, shown live.
 
-Audio goes to the server as binary frames. Each source keeps what it captured until the server acknowledges it
-(``session.metrics`` ``received_ms``), bounded by ``MAX_BUFFER_MS``; on a lost connection the command reconnects
-with backoff and jitter and resumes the session (``session.create {resume}``), resending from the server's
-``received_ms``. If the server no longer has the session (restarted), it continues in a new one with the audio the
-old one never acknowledged. Ctrl-C ends the session: the last audio is sent, the finals and the summary printed.
+The audio goes through the resilient client (``echopanel.client.resilient.ResilientClient``, the same one
+``echopanel transcribe`` uses) with the options for live capture: each source keeps what it captured until the server
+acknowledges it (``received_ms``), at most ``MAX_BUFFER_MS`` (the oldest dropped at the bound, counted, and sent as
+silence so times stay aligned); a lost connection is retried by the reconnect policy (full jitter, a circuit
+breaker, one attempt before the server's resume grace ends: docs/protocol.md, "Reconnect policy") and the session
+resumed, the backlog resent at 4x real time and paused while the server reports backpressure; if the server no
+longer has the session (restarted), it continues in a new one with the audio the old one never acknowledged. A wrong
+token, a refused configuration and a session resumed elsewhere stop it. Ctrl-C ends the session: the last audio is
+sent, the finals and the summary printed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import random
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,105 +24,51 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from echopanel.client.capture import TARGET_RATE, CaptureError, DeviceCapture, open_captures
-from echopanel.protocol.frames import encode_frame
+from echopanel.client.live import ServerError
+from echopanel.client.resilient import (
+    CatchUp,
+    ConnectionStatus,
+    FatalConnectionError,
+    ResilientClient,
+    SessionLost,
+)
 
-SAMPLES_PER_MS = TARGET_RATE // 1000
-BYTES_PER_SAMPLE = 2
 MAX_BUFFER_MS = 60_000  # per source: audio kept until the server acknowledges it
-CATCHUP_THRESHOLD_MS = 1_000  # more unsent audio than this is resent paced
-CATCHUP_SPEED = 4.0  # resend pace, in multiples of real time
-MAX_FRAME_MS = 250
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
+CATCHUP = CatchUp(speed=4.0, threshold_ms=1_000, max_frame_ms=250)  # resend pace of a backlog after a reconnect
 CLOSE_TIMEOUT_S = 60.0  # after Ctrl-C, wait this long for the last finals and the summary
 SILENCE_WARNING_S = 3.0
+CLIENT_ERRORS = (FatalConnectionError, ServerError, SessionLost)
 
 
-def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with equal jitter: half the capped delay fixed, half random."""
-    cap = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, attempt - 1))
-    return cap / 2 + rng() * cap / 2
-
-
-class ResendBuffer:
-    """One source's PCM16 from ``start`` to ``end`` (sample offsets in the session's clock), bounded.
-
-    At the bound the oldest audio is dropped; what the server had not acknowledged counts as ``lost`` and is
-    replaced by silence if a resume asks for it (so item times stay aligned).
-    """
-
-    def __init__(self, max_samples: int) -> None:
-        self.max = max_samples
-        self.chunks: deque[bytes] = deque()
-        self.start = 0
-        self.end = 0
-        self.acked = 0
-        self.lost = 0
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-    def push(self, pcm: bytes) -> None:
-        if not pcm:
-            return
-        self.chunks.append(pcm)
-        self.end += len(pcm) // BYTES_PER_SAMPLE
-        while self.size > self.max and len(self.chunks) > 1:
-            n = len(self.chunks.popleft()) // BYTES_PER_SAMPLE
-            self.lost += max(0, min(self.start + n, self.end) - max(self.start, self.acked))
-            self.start += n
-
-    def ack(self, offset: int) -> None:
-        self.acked = max(self.acked, min(offset, self.end))
-        while self.chunks and self.start + len(self.chunks[0]) // BYTES_PER_SAMPLE <= self.acked:
-            self.start += len(self.chunks.popleft()) // BYTES_PER_SAMPLE
-
-    def read(self, offset: int, max_samples: int) -> bytes:
-        n = min(max_samples, self.end - offset)
-        if n <= 0:
-            return b""
-        if offset < self.start:
-            return bytes(BYTES_PER_SAMPLE * min(n, self.start - offset))
-        out = bytearray()
-        pos = self.start
-        for chunk in self.chunks:
-            count = len(chunk) // BYTES_PER_SAMPLE
-            if offset < pos + count:
-                skip = max(0, offset - pos) * BYTES_PER_SAMPLE
-                out += chunk[skip : skip + (n * BYTES_PER_SAMPLE - len(out))]
-                if len(out) >= n * BYTES_PER_SAMPLE:
-                    break
-            pos += count
-        return bytes(out)
-
-    def rebase(self) -> None:
-        """A new session: keep what the old one never acknowledged, counted from 0."""
-        keep_from = max(self.acked, self.start)
-        while self.chunks and self.start + len(self.chunks[0]) // BYTES_PER_SAMPLE <= keep_from:
-            self.start += len(self.chunks.popleft()) // BYTES_PER_SAMPLE
-        if self.chunks and self.start < keep_from:
-            self.chunks[0] = self.chunks[0][(keep_from - self.start) * BYTES_PER_SAMPLE :]
-            self.start = keep_from
-        self.end -= self.start
-        self.start = 0
-        self.acked = 0
+def live_client(
+    url: str,
+    token: str | None,
+    sources: list[str],
+    on_state: Callable[[ConnectionStatus], None] | None = None,
+) -> ResilientClient:
+    """The resilient client as live capture uses it (the options above); no outage is given up (Ctrl-C is)."""
+    return ResilientClient(
+        url,
+        token=token,
+        sources=sources,
+        sample_rate=TARGET_RATE,
+        buffer_s=MAX_BUFFER_MS / 1000,
+        when_full="drop_oldest",
+        give_up_after_s=None,
+        catchup=CATCHUP,
+        on_session_lost="new_session",
+        on_state=on_state,
+    )
 
 
 @dataclass
 class SourceLink:
-    """One source: its capture, its resend buffer, what was sent on the current connection, what the server says."""
+    """One source: its capture, and what the server says about it."""
 
     capture: DeviceCapture
     index: int
-    buf: ResendBuffer = field(default_factory=lambda: ResendBuffer(MAX_BUFFER_MS * SAMPLES_PER_MS))
-    sent: int = 0
-    credit: float = 0.0
-    credit_at: float = 0.0
     backpressure: str = "normal"
     metrics: dict[str, Any] = field(default_factory=dict)
     ended: bool = False
@@ -133,8 +80,17 @@ class SourceLink:
         return self.capture.role
 
 
-class FatalConnectionError(Exception):
-    """Retrying cannot help (wrong token, refused configuration)."""
+def state_line(status: ConnectionStatus) -> str:
+    """The line ``listen`` prints when the connection state changes."""
+    if status.state == "reconnecting":
+        what = status.message or "connection lost"
+        retry = status.retry_in_s or 0.0
+        return f"{what}; reconnecting in {retry:.1f} s (attempt {status.attempt + 1}); audio is kept meanwhile"
+    if status.state == "closing":
+        return "finishing: waiting for the last results and the summary"
+    if status.state in ("live", "connecting"):
+        return status.state
+    return f"{status.state}: {status.message}" if status.message else status.state
 
 
 class ListenView:
@@ -145,6 +101,7 @@ class ListenView:
         self.links = links
         self.interactive = console.is_terminal
         self.state = "starting"
+        self.status: Callable[[], ConnectionStatus] | None = None  # the client's, for the live block
         self.session_id: str | None = None
         self.degrade = "0 normal"
         self.partials: dict[str, str] = {}
@@ -170,12 +127,23 @@ class ListenView:
             self.state = state
             self.print(f"[{time.strftime('%H:%M:%S')}] {state}", style=style or "cyan")
 
+    def on_status(self, status: ConnectionStatus) -> None:
+        """The client's state changed: a line for each change that matters, the live block for the rest."""
+        if status.state in ("closed", "failed"):  # the end is told by the listener, with what to do
+            self.refresh()
+        elif status.state == "connecting" and self.state != "starting":
+            self.refresh()  # the attempts of an outage: its "reconnecting" line says enough
+        else:
+            style = {"live": "green", "reconnecting": "yellow"}.get(status.state)
+            self.set_state(state_line(status), style)
+
     def refresh(self) -> None:
         if self.live is not None:
             self.live.update(self._render(), refresh=True)
 
     def _render(self) -> Group:
-        lines = [Text(f"● {self.state}", style="bold cyan")]
+        state = self.status().describe() if self.status is not None else self.state
+        lines = [Text(f"● {state}", style="bold cyan")]
         now = time.monotonic()
         for link in self.links:
             cap = link.capture
@@ -202,24 +170,29 @@ class ListenView:
         return Group(*lines)
 
 
+def explain(exc: BaseException) -> str:
+    """What a client error means for the user of ``listen``."""
+    if isinstance(exc, FatalConnectionError) and exc.code == 1008:
+        return "the server refused the token (close 1008): pass the right --token"
+    if isinstance(exc, ServerError):
+        return f"the server refused the session: {exc}"
+    return str(exc)
+
+
 class Listener:
-    def __init__(self, url: str, token: str | None, links: list[SourceLink], view: ListenView) -> None:
-        self.url = url
-        self.token = token
+    """Feeds the captures into the client and shows its events."""
+
+    def __init__(self, client: ResilientClient, links: list[SourceLink], view: ListenView) -> None:
+        self.client = client
         self.links = links
         self.view = view
-        self.session: dict[str, Any] | None = None
         self.summary: dict[str, Any] | None = None
         self.finals: dict[str, dict[str, Any]] = {}  # "session/item" -> response.done
         self.items: dict[str, dict[str, str]] = {}  # item -> {stable, tentative}
+        self.session_id = ""
         self.stopping = False
-        self.stop_at = 0.0
+        self.stopped = asyncio.Event()
         self.devices_lost = False  # every device stopped by itself
-        self.close_sent = False
-        self.wake = asyncio.Event()
-        self.ws: ClientConnection | None = None
-        self.ready = False
-        self._ids = 0
 
     # -- capture side --------------------------------------------------------------------------------------------
 
@@ -232,7 +205,9 @@ class Listener:
             if pcm and not link.receiving:
                 link.receiving = True
                 self.view.print(f"{link.name}: receiving audio")
-            link.buf.push(pcm)
+            if pcm and not self.client.done:
+                with contextlib.suppress(*CLIENT_ERRORS):  # the client stopped: the listener tells why
+                    await self.client.send_audio(link.name, pcm)  # buffered; never waits for the network
             if (
                 link.name == "mic"  # system audio is often silent; a microphone never delivers exact zeros
                 and not link.warned_silence
@@ -245,7 +220,6 @@ class Listener:
                     "microphone permission looks like: allow your terminal in System Settings > Privacy & Security)",
                     style="yellow",
                 )
-            self.wake.set()
         link.ended = True
         reason = link.capture.stopped_reason or "stopped"
         if not self.stopping:
@@ -254,189 +228,71 @@ class Listener:
                 self.devices_lost = True
                 self.view.print("no device is delivering audio: ending the session", style="red")
                 self.stop()
-        self.wake.set()
 
     # -- connection side -----------------------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        attempt = 0
-        while True:
+    async def run(self, readers: list[asyncio.Task[None]]) -> int:
+        """Connect (retrying), stream until Ctrl-C or the end of the session; the exit code."""
+        consumer = asyncio.create_task(self._consume())
+        stop = asyncio.create_task(self.stopped.wait())
+        try:
+            self.client.start()
+            await asyncio.wait([consumer, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not self.stopping:
+                return self._ended_by_itself()
+            # Stopping: the captures are closed; what they still hold goes to the client, then session.close.
+            await asyncio.gather(*readers, return_exceptions=True)
             try:
-                outcome = await self._connection()
-            except FatalConnectionError as exc:
-                self.view.print(f"echopanel listen: {exc}", style="red")
+                self.summary = await self.client.close(timeout_s=CLOSE_TIMEOUT_S)
+            except CLIENT_ERRORS as exc:
+                self.view.print(f"echopanel listen: {explain(exc)}", style="red")
                 return 1
-            if outcome == "done":
-                return 1 if self.devices_lost else 0
-            if self.stopping and time.monotonic() - self.stop_at > CLOSE_TIMEOUT_S:
+            await consumer
+            if self.summary is None:
                 self.view.print("gave up waiting for the server to finish the session", style="red")
                 return 1
-            attempt = 1 if self.ready else attempt + 1
-            self.ready = False
-            delay = backoff_delay(attempt)
-            self.view.set_state(
-                f"{outcome}; reconnecting in {delay:.1f} s (attempt {attempt}); audio is kept meanwhile", "yellow"
-            )
-            await asyncio.sleep(delay)
-
-    async def _connection(self) -> str:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        if self.view.state == "starting":
-            self.view.set_state("connecting")
-        try:
-            ws = await connect(
-                self.url,
-                additional_headers=headers,
-                subprotocols=["echopanel.v1"],  # type: ignore[list-item]
-                max_size=None,
-                open_timeout=10,
-                ping_interval=10,
-                ping_timeout=20,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            return f"server refused the connection (HTTP {status}{', full' if status == 503 else ''})"
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            return f"server unreachable ({exc})"
-        self.ws = ws
-        self.close_sent = False
-        try:
-            await self._open_session(ws)
-            sender = asyncio.create_task(self._send_loop(ws))
-            try:
-                await self._receive_loop(ws)
-            finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                    await sender
-        except ConnectionClosed:
-            pass
+            return 1 if self.devices_lost else 0
         finally:
-            self.ws = None
-        code = ws.close_code
+            stop.cancel()
+            if not consumer.done():
+                consumer.cancel()
+            await asyncio.gather(consumer, stop, return_exceptions=True)
+
+    def _ended_by_itself(self) -> int:
+        error = self.client.error
+        if error is not None:
+            self.view.print(f"echopanel listen: {explain(error)}", style="red")
+            return 1
+        code = self.client.close_code
         if code == 1000:
-            if self.summary is None and not self.stopping:
+            if self.summary is None:
                 self.view.print("the server ended the session", style="yellow")
-            return "done"
-        if code == 1008 and ws.close_reason == "unauthorized":
-            raise FatalConnectionError("the server refused the token (close 1008): pass the right --token")
-        if code == 4000:
-            raise FatalConnectionError("the session was resumed by another connection (close 4000)")
-        return f"connection lost (close {code})"
+            return 1 if self.devices_lost else 0
+        self.view.print(f"echopanel listen: the connection closed with code {code}", style="red")
+        return 1
 
-    async def _send(self, ws: ClientConnection, event: dict[str, Any]) -> str:
-        self._ids += 1
-        event.setdefault("event_id", f"cli_{self._ids}")
-        await ws.send(json.dumps(event))
-        return str(event["event_id"])
+    async def _consume(self) -> None:
+        async for ev in self.client.events():
+            self.on_event(ev)
 
-    async def _open_session(self, ws: ClientConnection) -> None:
-        self.ready = False
-        if self.session is not None:
-            await self._send(
-                ws,
-                {
-                    "type": "session.create",
-                    "resume": {"session_id": self.session["id"], "resume_token": self.session.get("resume_token")},
-                },
-            )
-        else:
-            await self._create(ws)
-        while True:
-            ev = json.loads(await ws.recv())
-            kind = ev.get("type")
-            if kind == "session.created":
-                self._on_created(ev)
-                return
-            if kind == "error" and ev.get("code") == "session_not_found":
-                self.view.print(
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        sid = self.session_id
+        view = self.view
+        if kind == "client.session_started":
+            session = ev.get("session") or {}
+            if ev.get("previous_session_id"):
+                view.print(
                     "the server no longer has the session (restarted, or the reconnect took too long): "
                     "continuing in a new session with the audio it had not acknowledged",
                     style="yellow",
                 )
-                self.session = None
-                await self._create(ws)
-            elif kind == "error":
-                raise FatalConnectionError(f"the server refused the session: {ev.get('code')}: {ev.get('message')}")
-
-    async def _create(self, ws: ClientConnection) -> None:
-        sources = [link.name for link in self.links]
-        await self._send(ws, {"type": "session.create", "session": {"sources": sources, "sample_rate": TARGET_RATE}})
-
-    def _on_created(self, ev: dict[str, Any]) -> None:
-        session = ev["session"]
-        if ev.get("resumed"):
-            received = ev.get("received_ms") or {}
-            resend = 0
-            for link in self.links:
-                start = int(received.get(link.name, 0)) * SAMPLES_PER_MS
-                link.buf.ack(start)
-                link.sent = start
-                resend += max(0, link.buf.end - start)
-            self.view.print(f"resumed session {session['id']}: resending {resend / TARGET_RATE:.1f} s of audio")
-        else:
-            for link in self.links:
-                link.buf.rebase()
-                link.sent = 0
-            self.view.print(f"session {session['id']} started ({', '.join(session.get('sources', []))})")
-        self.session = session
-        self.view.session_id = session["id"]
-        self.ready = True
-        self.view.set_state("live", style="green")
-        self.wake.set()
-
-    async def _send_loop(self, ws: ClientConnection) -> None:
-        for link in self.links:
-            link.credit, link.credit_at = 0.0, time.monotonic()
-        while True:
-            self.wake.clear()
-            now = time.monotonic()
-            for link in self.links:
-                link.credit = min(
-                    link.credit + (now - link.credit_at) * TARGET_RATE * CATCHUP_SPEED,
-                    MAX_FRAME_MS * SAMPLES_PER_MS * CATCHUP_SPEED,
-                )
-                link.credit_at = now
-                while link.sent < link.buf.end:
-                    backlog = link.buf.end - link.sent
-                    limit = MAX_FRAME_MS * SAMPLES_PER_MS
-                    catching_up = backlog > CATCHUP_THRESHOLD_MS * SAMPLES_PER_MS
-                    if catching_up:
-                        if link.backpressure != "normal":
-                            break
-                        limit = min(limit, int(link.credit))
-                        if limit < 20 * SAMPLES_PER_MS:
-                            break
-                    pcm = link.buf.read(link.sent, limit)
-                    if not pcm:
-                        break
-                    await ws.send(encode_frame(link.index, pcm))
-                    n = len(pcm) // BYTES_PER_SAMPLE
-                    link.sent += n
-                    if catching_up:
-                        link.credit -= n
-            if (
-                self.stopping
-                and not self.close_sent
-                and all(link.ended and link.sent >= link.buf.end for link in self.links)
-            ):
-                self.close_sent = True
-                await self._send(ws, {"type": "session.close"})
-                self.view.set_state("finishing: waiting for the last results and the summary")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), 0.05)
-
-    async def _receive_loop(self, ws: ClientConnection) -> None:
-        async for data in ws:
-            if isinstance(data, bytes):
-                continue
-            self.on_event(json.loads(data))
-
-    def on_event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        sid = self.session["id"] if self.session else ""
-        view = self.view
-        if kind == "response.text.delta":
+            self.session_id = view.session_id = str(session.get("id", ""))
+            view.print(f"session {self.session_id} started ({', '.join(session.get('sources', []))})")
+        elif kind == "client.resumed":
+            resend = int(ev.get("resend_ms") or 0) / 1000
+            view.print(f"resumed session {ev.get('session_id')}: resending {resend:.1f} s of audio")
+        elif kind == "response.text.delta":
             key = f"{sid}/{ev['item_id']}"
             item = self.items.setdefault(key, {"stable": "", "tentative": ""})
             item["stable"] += ev.get("delta", "")
@@ -448,7 +304,7 @@ class Listener:
             self.items.pop(key, None)
             view.partials.pop(ev["source"], None)
             if key in self.finals:
-                return  # a resumed session resends finals: idempotent by item_id
+                return  # the client drops replayed finals already; idempotent by item_id all the same
             self.finals[key] = ev
             if ev.get("text", "").strip():
                 view.print(final_line(ev))
@@ -463,8 +319,6 @@ class Listener:
                 m = (ev.get("sources") or {}).get(link.name)
                 if m:
                     link.metrics = m
-                    if isinstance(m.get("received_ms"), int | float):
-                        link.buf.ack(int(m["received_ms"]) * SAMPLES_PER_MS)
                     bp = m.get("backpressure")
                     if isinstance(bp, str):
                         link.backpressure = bp
@@ -491,14 +345,13 @@ class Listener:
             view.print(f"server error {ev.get('code')}: {ev.get('message')}", style="red")
 
     def stop(self) -> None:
-        """Ctrl-C: stop capturing; the send loop sends what is left, then session.close."""
+        """Ctrl-C: stop capturing; what the captures still hold is sent, then session.close."""
         if self.stopping:
             return
         self.stopping = True
-        self.stop_at = time.monotonic()
         for link in self.links:
             link.capture.close("stopped")
-        self.wake.set()
+        self.stopped.set()
 
 
 def final_line(ev: dict[str, Any]) -> str:
@@ -582,7 +435,9 @@ async def listen(
             f"capturing {link.name} from {cap.choice.label} ({cap.rate} Hz, {cap.channels} ch)", highlight=False
         )
     view = ListenView(console, links)
-    listener = Listener(url, token, links, view)
+    client = live_client(url, token, [link.name for link in links], on_state=view.on_status)
+    view.status = client.status
+    listener = Listener(client, links, view)
     readers = [asyncio.create_task(listener.read_capture(link)) for link in links]
     interrupts = 0
 
@@ -598,7 +453,8 @@ async def listen(
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
         loop.add_signal_handler(signal.SIGTERM, on_interrupt)
-    runner = asyncio.create_task(listener.run())
+    view.set_state("connecting")
+    runner = asyncio.create_task(listener.run(readers))
     ticker = asyncio.create_task(_tick(view))
     code = 1
     try:
@@ -608,14 +464,13 @@ async def listen(
                 code = runner.result()
             except asyncio.CancelledError:
                 code = 130
-            if listener.stopping and not listener.close_sent and code == 0:
-                code = 1
     finally:
         ticker.cancel()
         listener.stop()
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, ticker, return_exceptions=True)
+        await client.aclose()
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)

@@ -1,11 +1,12 @@
-"""Async client for ``/v1/live``: open a session, stream audio as binary frames, iterate server events."""
+"""Async client for ``/v1/live``: open a session, stream audio as binary frames, iterate server events; the
+transcript view that folds those events."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,17 @@ class ServerError(Exception):
 
 
 class LiveClient:
-    """One session over one connection. Use as ``async with LiveClient(url, sources=[...]) as c``."""
+    """One session over one connection. Use as ``async with LiveClient(url, sources=[...]) as c``.
+
+    The base of the client stack: ``ResilientClient`` (``echopanel.client.resilient``) is a ``LiveClient`` that
+    also survives dropped connections, and ``echopanel transcribe`` and ``echopanel listen`` run on it. This plain
+    mode sends each call straight to the socket (``send_audio`` waits when TCP pushes back) and ends with the
+    connection; tests and benchmarks use it to see the wire as it is.
+    """
+
+    PING_INTERVAL_S: float | None = 20.0
+    PING_TIMEOUT_S: float | None = 20.0
+    CLOSE_TIMEOUT_S: float | None = 10.0
 
     def __init__(
         self,
@@ -32,18 +43,23 @@ class LiveClient:
         token: str | None = None,
         sources: Sequence[str] = ("mic", "system"),
         sample_rate: int = 16000,
-        session: dict[str, Any] | None = None,
+        session: Mapping[str, Any] | None = None,
         open_timeout_s: float = 30.0,
     ) -> None:
         self.url = url
         self.token = token
         self.sources = list(sources)
         self.sample_rate = sample_rate
-        self.extra_session = session or {}
+        self.extra_session = dict(session or {})
         self.open_timeout_s = open_timeout_s
         self.ws: ClientConnection | None = None
         self.session: dict[str, Any] = {}
         self._ids = itertools.count(1)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The ``session`` object of ``session.create``."""
+        return {"sources": self.sources, "sample_rate": self.sample_rate, **self.extra_session}
 
     async def __aenter__(self) -> LiveClient:
         await self.open()
@@ -53,27 +69,10 @@ class LiveClient:
         await self.disconnect()
 
     async def open(self) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        self.ws = await connect(
-            self.url,
-            additional_headers=headers,
-            subprotocols=["echopanel.v1"],  # type: ignore[list-item]
-            max_size=None,
-            open_timeout=self.open_timeout_s,
-            ping_interval=20,
-            # With overflow="block" the server stops reading while it catches up, so our ping waits behind our
-            # own audio: never give up on a late pong then (TCP flow control shows the server is alive).
-            ping_timeout=None if self.extra_session.get("overflow") == "block" else 20,
-        )
-        config = {"sources": self.sources, "sample_rate": self.sample_rate, **self.extra_session}
-        event_id = await self.send({"type": "session.create", "session": config})
-        while True:
-            ev = await self.recv()
-            if ev.get("type") == "session.created":
-                self.session = ev["session"]
-                return self.session
-            if ev.get("type") == "error" and ev.get("event_id") == event_id:
-                raise ServerError(ev)
+        self.ws = await self._dial()
+        created = await self._request_session(self.ws, {"type": "session.create", "session": self.config})
+        self.session = created["session"]
+        return self.session
 
     def next_id(self) -> str:
         return f"evt_{next(self._ids)}"
@@ -100,7 +99,7 @@ class LiveClient:
     async def recv(self) -> dict[str, Any]:
         assert self.ws is not None, "not connected"
         data = await self.ws.recv()
-        return json.loads(data)
+        return dict(json.loads(data))
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Server events until the connection closes."""
@@ -117,6 +116,45 @@ class LiveClient:
     async def disconnect(self) -> None:
         if self.ws is not None:
             await self.ws.close()
+
+    # -- the connection, shared by every mode ------------------------------------------------------------------------
+
+    async def _dial(self) -> ClientConnection:
+        """Open a WebSocket to ``url`` (token as a bearer header, the ``echopanel.v1`` subprotocol)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return await connect(
+            self.url,
+            additional_headers=headers,
+            subprotocols=["echopanel.v1"],  # type: ignore[list-item]
+            max_size=None,
+            open_timeout=self.open_timeout_s,
+            close_timeout=self.CLOSE_TIMEOUT_S,
+            ping_interval=self.PING_INTERVAL_S,
+            # With overflow="block" the server stops reading while it catches up, so our ping waits behind our
+            # own audio: never give up on a late pong then (TCP flow control shows the server is alive).
+            ping_timeout=None if self.extra_session.get("overflow") == "block" else self.PING_TIMEOUT_S,
+        )
+
+    async def _request_session(
+        self, ws: ClientConnection, event: dict[str, Any], timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Send ``session.create`` (new or ``resume``) and return the ``session.created`` that answers it.
+
+        An ``error`` answering it raises ``ServerError``; other events before it are skipped. ``timeout_s`` bounds
+        the wait for each message (None: no bound).
+        """
+        event.setdefault("event_id", self.next_id())
+        event_id = event["event_id"]
+        await ws.send(json.dumps(event))
+        while True:
+            raw = await ws.recv() if timeout_s is None else await asyncio.wait_for(ws.recv(), timeout_s)
+            if isinstance(raw, bytes):
+                continue
+            ev = json.loads(raw)
+            if ev.get("type") == "session.created":
+                return dict(ev)
+            if ev.get("type") == "error" and ev.get("event_id") == event_id:
+                raise ServerError(ev)
 
 
 @dataclass

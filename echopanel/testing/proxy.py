@@ -7,6 +7,11 @@
     proxy.slow(16_000)             # forward at most 16 kB/s each way
     proxy.refuse(True)             # new connections are closed at once (a dead server)
 
+Synchronous code (Playwright tests, tests driving a subprocess) uses the same proxy on its own thread:
+
+    with ThreadedChaosProxy("127.0.0.1", server_port) as proxy:
+        proxy.cut()                # the same controls, callable from any thread
+
 Run it by hand for a demo: ``python -m echopanel.testing.proxy 8765 --listen 8766``, then type ``cut``,
 ``stall 3``, ``slow 20000``, ``refuse``, ``ok`` or ``quit`` on stdin.
 """
@@ -17,9 +22,13 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 CHUNK = 64 * 1024
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -149,6 +158,94 @@ class ChaosProxy:
                 writer.write_eof()  # a clean end is passed on as a clean end
         except (ConnectionError, OSError):
             writer.transport.abort()  # a reset is passed on as a reset
+
+
+class ThreadedChaosProxy:
+    """A ``ChaosProxy`` running on an event loop of its own thread; every control is safe to call from any thread.
+
+    For synchronous tests: ``with ThreadedChaosProxy("127.0.0.1", port) as proxy: ... proxy.cut()``.
+    """
+
+    def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy", daemon=True)
+        self._target = (target_host, target_port)
+        self._bind = (host, port)
+        self.proxy: ChaosProxy | None = None
+
+    def start(self) -> ThreadedChaosProxy:
+        self._thread.start()
+
+        async def start() -> ChaosProxy:
+            proxy = ChaosProxy(*self._target, host=self._bind[0], port=self._bind[1])
+            await proxy.start()
+            return proxy
+
+        self.proxy = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(10)
+            self.proxy = None
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> ThreadedChaosProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _call(self, fn: Callable[[ChaosProxy], T]) -> T:
+        proxy = self.proxy
+        assert proxy is not None, "start() first"
+
+        async def call() -> T:
+            return fn(proxy)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
+
+    @property
+    def port(self) -> int:
+        return self._call(lambda p: p.port)
+
+    def url(self, server_url: str) -> str:
+        return self._call(lambda p: p.url(server_url))
+
+    def cut(self) -> int:
+        return self._call(lambda p: p.cut())
+
+    def stall(self, seconds: float | None = None) -> None:
+        self._call(lambda p: p.stall(seconds))
+
+    def flow(self) -> None:
+        self._call(lambda p: p.flow())
+
+    def slow(self, bytes_per_s: float | None) -> None:
+        self._call(lambda p: p.slow(bytes_per_s))
+
+    def refuse(self, on: bool = True) -> None:
+        self._call(lambda p: p.refuse(on))
+
+    @property
+    def cuts(self) -> int:
+        return self._call(lambda p: p.cuts)
+
+    @property
+    def connections(self) -> int:
+        return self._call(lambda p: p.connections)
+
+    @property
+    def refused(self) -> int:
+        return self._call(lambda p: p.refused)
+
+    @property
+    def open_connections(self) -> int:
+        return self._call(lambda p: p.open_connections)
 
 
 async def _main(argv: list[str] | None = None) -> None:

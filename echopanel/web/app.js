@@ -1,7 +1,8 @@
 // EchoPanel live panel: capture (microphone, optionally a tab or screen), stream to /v1/live, render the transcript.
-// Plain ES module, no build step. Protocol: docs/protocol.md; reconnect and resume: docs/behaviour.md.
+// Plain ES module, no build step. Protocol: docs/protocol.md; reconnect and resume: docs/protocol.md ("Resume",
+// "Reconnect policy"); the bounds: docs/behaviour.md.
 
-import { SourceBuffer } from "./buffer.js";
+import { RETRY_CLOSE_CODES, ReconnectPolicy, SourceBuffer } from "./buffer.js";
 
 const SAMPLE_RATE = 16000; // what the worklet sends: PCM16 LE mono
 const SAMPLES_PER_MS = SAMPLE_RATE / 1000;
@@ -14,8 +15,6 @@ const MAX_SOCKET_BYTES = 256 * 1024; // do not queue more than this in the brows
 const PUMP_INTERVAL_MS = 50;
 const PING_INTERVAL_MS = 5000; // browsers cannot send WebSocket pings: a JSON ping keeps the link checked
 const STALL_MS = 12000; // no server message for this long (metrics come every second): presume the socket dead
-const BACKOFF_BASE_MS = 500;
-const BACKOFF_MAX_MS = 8000;
 const FRESH_MS = 1000; // input older than this is shown as stale
 const EXPORT_FORMATS = ["json", "md", "srt", "vtt"];
 
@@ -53,7 +52,10 @@ const S = {
   resumeSent: false,
   sources: [], // {name, index, buf, sent, node, stream, level, lastAudioAt, ended, backpressure, metrics, flushed}
   ctx: null,
+  policy: new ReconnectPolicy(), // backoff, breaker, grace trial (buffer.js)
   attempt: 0,
+  breakerOpen: false, // the breaker holds attempts back (or the next one is the grace trial)
+  lastCloseCode: null,
   retryAt: 0,
   retryTimer: null,
   timers: [],
@@ -285,6 +287,7 @@ function createSession() {
 }
 
 function onSocketClosed(ev) {
+  const hadSession = S.sessionReady;
   S.ws = null;
   S.sessionReady = false;
   if (S.phase === "ended" || S.phase === "failed" || S.phase === "idle") return;
@@ -304,31 +307,47 @@ function onSocketClosed(ev) {
     // The server gave this session to another connection that resumed it: do not fight over it.
     return fail("This session was resumed by another connection (another tab or client); this page stopped.");
   }
+  if (!RETRY_CLOSE_CODES.has(ev.code)) {
+    return fail(`The server closed the connection (close ${ev.code}${ev.reason ? `: ${ev.reason}` : ""}); this page stopped. Press Start for a new session.`);
+  }
+  lost(hadSession);
   scheduleReconnect(ev.code);
+}
+
+/** A socket ended: after a session, a new outage starts; before one, it was a failed attempt. */
+function lost(hadSession) {
+  const now = performance.now();
+  if (hadSession) S.policy.outage(now, S.session && S.session.limits ? S.session.limits.resume_grace_ms : null);
+  else S.policy.failed(now);
 }
 
 function scheduleReconnect(code) {
   if (ui.notice.dataset.kind === "info") notify(""); // an old "resumed" note would contradict the state now
-  S.attempt += 1;
-  const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (S.attempt - 1));
-  const delay = cap / 2 + Math.random() * (cap / 2); // "equal jitter": never all clients at once
-  S.retryAt = performance.now() + delay;
+  clearTimeout(S.retryTimer);
+  const now = performance.now();
+  // The reconnect policy (docs/protocol.md, "Reconnect policy"): full jitter, the breaker, the grace trial.
+  const step = S.policy.next(now);
+  S.attempt = S.policy.failures + 1;
+  S.breakerOpen = !step.attempt || step.graceTrial;
+  S.retryAt = now + step.delayMs;
   S.lastCloseCode = code;
   const finishing = S.phase === "finishing";
   setPhase(finishing ? "finishing" : "reconnecting", reconnectText());
-  S.retryTimer = setTimeout(connect, delay);
+  S.retryTimer = setTimeout(step.attempt ? connect : () => scheduleReconnect(code), step.delayMs);
 }
 
 function reconnectText() {
   const wait = Math.max(0, S.retryAt - performance.now());
   const what = !S.session ? "Cannot reach the server (down, or full)" : S.attempt > 1 ? "Server unreachable" : "Connection lost";
   const code = S.lastCloseCode ? ` (close ${S.lastCloseCode})` : "";
-  return `${what}${code}. Reconnecting in ${fmtS(wait)} (attempt ${S.attempt}); audio is kept meanwhile.`;
+  const paused = S.breakerOpen ? `, ${S.attempt - 1} attempts failed: waiting` : "";
+  return `${what}${code}. Reconnecting in ${fmtS(wait)} (attempt ${S.attempt}${paused}); audio is kept meanwhile.`;
 }
 
 function dropStalledSocket() {
   const ws = S.ws;
   if (!ws) return;
+  const hadSession = S.sessionReady;
   S.ws = null;
   S.sessionReady = false;
   ws.onclose = null;
@@ -338,6 +357,7 @@ function dropStalledSocket() {
   } catch {
     /* already closing */
   }
+  lost(hadSession);
   scheduleReconnect(null);
 }
 
@@ -469,7 +489,9 @@ function onCreated(ev) {
   S.session = session;
   S.resumeToken = session.resume_token || S.resumeToken;
   S.sessionReady = true;
+  S.policy.succeeded(performance.now());
   S.attempt = 0;
+  S.breakerOpen = false;
   S.lastCloseCode = null;
   ui.sessionId.textContent = session.id || "?";
   if (S.phase === "finishing") setPhase("finishing", "Finishing: sending the last audio…");
@@ -893,7 +915,10 @@ async function start() {
   S.session = null;
   S.resumeToken = null;
   S.summary = null;
+  S.policy = new ReconnectPolicy();
+  S.policy.outage(performance.now(), null); // the first connection: retried by the same policy, no grace trial
   S.attempt = 0;
+  S.breakerOpen = false;
   S.lastCloseCode = null;
   ui.summarySection.hidden = true;
   ui.exports.replaceChildren();

@@ -1,5 +1,6 @@
-// One source's audio kept until the server acknowledges it (docs/behaviour.md, "Client audio kept until
-// acknowledged"): bounded; at the bound the oldest audio goes, and what the server had not acknowledged counts as lost.
+// What the page keeps for a reconnect: one source's audio until the server acknowledges it (docs/behaviour.md, "Client
+// audio kept until acknowledged"): bounded; at the bound the oldest audio goes, and what the server had not
+// acknowledged counts as lost. And when to reconnect: the reconnect policy (docs/protocol.md, "Reconnect policy").
 
 /** One source's PCM16 samples from `start` to `end` (sample offsets in the session's clock), bounded. */
 export class SourceBuffer {
@@ -71,5 +72,90 @@ export class SourceBuffer {
     this.end -= this.start;
     this.start = 0;
     this.acked = 0;
+  }
+}
+
+// ---- the reconnect policy -----------------------------------------------------------------------------------------
+// The same policy and numbers as the Python client (echopanel/client/reconnect.py): full-jitter backoff, a circuit
+// breaker around connection attempts, and one attempt at 75 % of the server's resume grace while the breaker is open.
+
+export const BACKOFF_BASE_MS = 250; // the n-th failed attempt waits uniform(0, min(max, base * 2^n))
+export const BACKOFF_MAX_MS = 10000;
+export const BREAKER_FAILURES = 5; // failed attempts in a row that open the breaker
+export const BREAKER_OPEN_MS = 60000; // then no attempt for this long, then one trial
+export const GRACE_TRIAL_AT = 0.75; // with the breaker open, one attempt at this fraction of resume_grace_ms
+// Closes worth a reconnect (the server keeps the session for a resume; 1013: full); any other close ends the page's
+// session (1000: it ended; 1008 "unauthorized": the token; 4000: resumed elsewhere; 1008/1009: a broken rule).
+export const RETRY_CLOSE_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
+
+/** When to attempt the next connection. Pure: the clock is passed in, the randomness injected. */
+export class ReconnectPolicy {
+  constructor({
+    baseMs = BACKOFF_BASE_MS,
+    maxMs = BACKOFF_MAX_MS,
+    failuresToOpen = BREAKER_FAILURES,
+    openMs = BREAKER_OPEN_MS,
+    graceTrialAt = GRACE_TRIAL_AT,
+    random = Math.random,
+  } = {}) {
+    Object.assign(this, { baseMs, maxMs, failuresToOpen, openMs, graceTrialAt, random });
+    this.breaker = "closed"; // closed | open | half_open (as the Python breaker, echopanel/flow/breaker.py)
+    this.consecutive = 0; // failed attempts in a row (the breaker's count)
+    this.openedAt = null;
+    this.trialOut = false; // half open: the one trial is on its way
+    this.failures = 0; // failed attempts in the current outage (the backoff's exponent)
+    this.lastChance = null; // when the grace trial is due
+  }
+
+  /** The breaker's state at `now` (an open breaker whose time is up reads as half open). */
+  state(now) {
+    if (this.breaker === "open" && now - this.openedAt >= this.openMs) return "half_open";
+    return this.breaker;
+  }
+
+  /** The connection was lost at `now` (or the first one is being made: `resumeGraceMs` null, no grace trial). */
+  outage(now, resumeGraceMs) {
+    this.failures = 0;
+    this.lastChance = resumeGraceMs == null ? null : now + this.graceTrialAt * resumeGraceMs;
+  }
+
+  /** The next step: wait `delayMs`, then connect if `attempt` (else ask again). Report attempts with failed/succeeded. */
+  next(now) {
+    if (this.state(now) === "half_open" && this.breaker === "open") this.breaker = "half_open";
+    let allowed = this.breaker === "closed";
+    if (this.breaker === "half_open" && !this.trialOut) {
+      this.trialOut = true;
+      allowed = true;
+    }
+    if (allowed) {
+      const cap = Math.min(this.maxMs, this.baseMs * 2 ** this.failures);
+      return { delayMs: this.random() * cap, attempt: true, graceTrial: false }; // full jitter
+    }
+    const retryIn = this.breaker === "open" ? Math.max(0, this.openedAt + this.openMs - now) : 0;
+    const last = this.lastChance;
+    if (last !== null && now < last && last - now < retryIn) {
+      this.lastChance = null; // once: while the server still holds the session
+      return { delayMs: last - now, attempt: true, graceTrial: true };
+    }
+    return { delayMs: retryIn, attempt: false, graceTrial: false };
+  }
+
+  failed(now) {
+    this.failures += 1;
+    if (this.breaker === "open") return;
+    this.trialOut = false;
+    this.consecutive += 1;
+    if (this.breaker === "half_open" || this.consecutive >= this.failuresToOpen) {
+      this.breaker = "open";
+      this.openedAt = now;
+    }
+  }
+
+  succeeded() {
+    // A success closes the breaker, the grace trial's too (it got through while the breaker was open).
+    this.failures = 0;
+    this.consecutive = 0;
+    this.trialOut = false;
+    this.breaker = "closed";
   }
 }

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tcp_proxy import TcpProxy
 
-from echopanel.client.listen import ResendBuffer, backoff_delay
+from echopanel.testing.proxy import ThreadedChaosProxy
 
 from support import ServerProcess, speech_wav, wer
 
@@ -113,7 +112,7 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
     proxy) and the session resumes: the text is still right."""
     wav = tmp_path / "speech.wav"
     reference = speech_wav(wav, STEMS, lead_s=0.5, gap_s=1.0, tail_s=0.5)
-    proxy = TcpProxy(server.port).__enter__()
+    proxy = ThreadedChaosProxy("127.0.0.1", server.port).start()
     url = f"ws://127.0.0.1:{proxy.port}/v1/live"
     proc = subprocess.Popen(
         [sys.executable, "-m", "echopanel", "listen", "--mic", "ep_mic.monitor", "--system", "ep_system.monitor",
@@ -148,13 +147,13 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
         assert all_flowing.wait(15), "\n".join(lines)
         player = subprocess.Popen(["paplay", "--device=ep_system", str(wav)], env=pulse)
         time.sleep(5.0)  # mid-way through the first sentence
-        proxy.drop_all()
+        proxy.cut()
         assert player.wait(90) == 0
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, "\n".join(lines)
     finally:
-        proxy.__exit__()
+        proxy.stop()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -170,27 +169,3 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
     assert "session sess_" in output
     assert "reconnecting in" in output and "resumed session sess_" in output  # the drop, then the resume
     assert "utterances; session sess_" in output  # the summary after Ctrl-C
-
-
-def test_backoff_has_jitter_and_a_cap() -> None:
-    assert backoff_delay(1, lambda: 0.0) == 0.25
-    assert backoff_delay(1, lambda: 1.0) == 0.5
-    assert backoff_delay(4, lambda: 0.0) == 2.0
-    assert backoff_delay(50, lambda: 1.0) == 8.0  # capped
-
-
-def test_resend_buffer_keeps_unacknowledged_audio_within_its_bound() -> None:
-    buf = ResendBuffer(max_samples=100)
-    for i in range(5):
-        buf.push(bytes([i]) * 2 * 20)  # 20 samples each
-    assert (buf.start, buf.end, buf.size) == (0, 100, 100)  # at the bound: nothing dropped
-    buf.push(b"\x05" * 2 * 20)  # N + 1: the oldest chunk goes, unacknowledged, so it counts as lost
-    assert (buf.start, buf.end, buf.lost) == (20, 120, 20)
-    buf.ack(60)  # the server holds everything before sample 60
-    assert buf.start == 60 and buf.lost == 20
-    assert buf.read(70, 15) == b"\x03" * 20 + b"\x04" * 10  # from the middle of a chunk, across two
-    assert buf.read(40, 10) == bytes(20)  # forgotten audio reads as silence (times stay aligned)
-    assert buf.read(120, 10) == b""
-    buf.rebase()  # a new session: the unacknowledged rest, counted from 0
-    assert (buf.start, buf.end, buf.acked) == (0, 60, 0)
-    assert buf.read(0, 20) == b"\x03" * 40

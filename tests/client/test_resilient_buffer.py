@@ -49,3 +49,29 @@ def test_status_text() -> None:
     s = ConnectionStatus("reconnecting", retry_in_s=1.25, buffered_ms=2400)
     assert s.describe() == "reconnecting in 1.2 s · buffering 2.4 s"
     assert ConnectionStatus("live", buffered_ms=900).describe() == "live"
+
+
+def test_unacknowledged_audio_is_resent_with_silence_for_what_the_bound_dropped_and_rebased_for_a_new_session() -> None:
+    """What ``echopanel listen`` needs of the buffer (it had its own before it ran on the resilient client)."""
+    buf = AudioBuffer(limit_samples=100)
+    for i in range(5):
+        buf.append(bytes([i, 0]) * 20)  # 20 samples each
+    assert (buf.buffered, buf.end, buf.dropped) == (100, 100, 0)  # at the bound: nothing dropped
+    buf.append(b"\x05\x00" * 20)  # N + 1: the oldest chunk goes, unacknowledged
+    assert (buf.chunks[0].offset, buf.end, buf.dropped) == (20, 120, 20)
+    buf.ack(60)  # the server holds everything before sample 60
+    assert buf.chunks[0].offset == 60 and buf.held == 60
+    buf.sent = 70
+    out = buf.unsent(chunk_samples=40, limit=15)  # from the middle of a chunk, across two, cut at the limit
+    assert [(c.offset, c.end) for c in out] == [(70, 80), (80, 85)]
+    assert b"".join(c.pcm for c in out) == b"\x03\x00" * 10 + b"\x04\x00" * 5
+    # A resume that asks for audio already dropped at the bound gets silence in its place.
+    fresh = AudioBuffer(limit_samples=40)
+    fresh.append(b"\x01\x00" * 30)
+    fresh.append(b"\x02\x00" * 30)  # the first 30 samples are dropped
+    silence = fresh.unsent(chunk_samples=40, limit=10)
+    assert [(c.offset, c.end, c.fill) for c in silence] == [(0, 10, True)] and silence[0].pcm == bytes(20)
+    assert buf.rebase() == 60  # a new session: what the old one never acknowledged, counted from 0
+    assert (buf.end, buf.acked, buf.sent, buf.chunks[0].offset) == (60, 0, 0, 0)
+    assert buf.chunks[0].pcm[:2] == b"\x03\x00" and [c.offset for c in buf.chunks] == [0, 20, 40]
+    assert buf.buffered == 60

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from bench.common import read_transcription
 from echopanel.audio.convert import float_to_pcm16
 from echopanel.audio.wav import read_audio
 from echopanel.client.live import TranscriptView
@@ -24,7 +23,7 @@ from echopanel.client.resilient import ResilientClient, transcribe_resilient
 from echopanel.evaluation import normalize
 from echopanel.testing.proxy import ChaosProxy
 
-from support import CARDS, LIBRIVOX, PHONE, ServerProcess, librivox_refs, phone_ref, run_server, wer
+from support import CARDS, LIBRIVOX, PHONE, ServerProcess, cards_refs, librivox_refs, phone_ref, run_server, wer
 
 SECONDS = 300
 SPEED = 4.0
@@ -36,7 +35,7 @@ def cycle() -> tuple[np.ndarray, str]:
     """LibriVox sentences, the phone call and the card readings (75 s), with the reference text."""
     gap = np.zeros(16000, np.float32)
     refs = librivox_refs()
-    cards = read_transcription(CARDS / "cards.transcription")
+    cards = cards_refs()
     parts = [a for f in sorted(LIBRIVOX.glob("*.wav")) for a in (read_audio(f, 16000), gap)]
     parts += [read_audio(PHONE / "sample.wav", 16000), gap]
     parts += [a for f in sorted(CARDS.glob("*.wav")) for a in (read_audio(f, 16000), gap)]

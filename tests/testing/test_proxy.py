@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from echopanel.testing.proxy import ChaosProxy
+from echopanel.testing.proxy import ChaosProxy, ThreadedChaosProxy
 
 
 @asynccontextmanager
@@ -108,3 +108,45 @@ async def _test_refuse_closes_new_connections(echo: int) -> None:
         assert proxy.url("ws://127.0.0.1:1/v1/live") == f"ws://127.0.0.1:{proxy.port}/v1/live"
     finally:
         await proxy.stop()
+
+
+def test_threaded_proxy_serves_synchronous_code() -> None:
+    """The same proxy on a thread of its own, driven from plain synchronous code (as the browser tests do)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    echo_port = listener.getsockname()[1]
+
+    def echo() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    try:
+        with ThreadedChaosProxy("127.0.0.1", echo_port) as proxy:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+                s.sendall(b"hello")
+                assert s.recv(5) == b"hello"
+                assert proxy.open_connections == 1
+                assert proxy.cut() == 1
+                try:
+                    assert s.recv(10) == b""  # the connection ended
+                except ConnectionResetError:
+                    pass
+            proxy.refuse(True)
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+                try:
+                    assert s.recv(10) == b""  # closed at once
+                except ConnectionResetError:
+                    pass
+            assert proxy.refused == 1 and proxy.cuts == 1 and proxy.connections == 1
+            assert proxy.url("ws://127.0.0.1:1/v1/live") == f"ws://127.0.0.1:{proxy.port}/v1/live"
+    finally:
+        listener.close()

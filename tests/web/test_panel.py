@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 from browser_support import CHROMIUM, FLAGS, launch, save_screenshot
 from playwright.sync_api import Browser, Page, Playwright, expect
-from tcp_proxy import TcpProxy, free_port
 
-from support import ServerProcess, run_server, wer
+from echopanel.testing.proxy import ThreadedChaosProxy
+
+from support import ServerProcess, free_port, run_server, wer
 
 # Recorded in the page from the start: when each item first showed partial text, when it became final, and every
 # connection state the page went through (so a state that lasts a moment is not missed).
@@ -196,7 +197,7 @@ def test_dropped_socket_and_server_restart(
     first_running = True
     browser = launch(playwright, speech[0], loop=True)
     try:
-        with TcpProxy(port) as proxy:
+        with ThreadedChaosProxy("127.0.0.1", port) as proxy:
             page = open_panel(browser, f"http://127.0.0.1:{proxy.port}/")
             page.evaluate("window.__noReload = true")
             page.get_by_role("button", name="Start").click()
@@ -207,7 +208,7 @@ def test_dropped_socket_and_server_restart(
             # 1. The socket closes mid-stream (the network drops it; the server keeps running): the page says so,
             #    reconnects, resumes the same session and goes on transcribing.
             finals_before = page.locator(FINALS).count()
-            proxy.drop_all()
+            proxy.cut()
             page.wait_for_function("window.__ep.states.includes('reconnecting')", timeout=10_000)
             expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=20_000)
             expect(page.locator("#session-id")).to_have_text(session_id)
@@ -319,4 +320,39 @@ def test_client_buffer_bound(browser: Browser, server: ServerProcess) -> None:
     assert result["gone"] == [0] * 10  # dropped audio reads as silence, so times stay aligned
     assert result["rebased"] == [0, 60, 0]  # what the server never acknowledged, counted from 0
     assert result["first"] == 3
+    page.context.close()
+
+
+def test_reconnect_policy(browser: Browser, server: ServerProcess) -> None:
+    """The page's reconnect policy (echopanel/web/buffer.js, the same as echopanel/client/reconnect.py) in the real
+    browser: full jitter up to a doubling cap, 5 failures open the breaker for 60 s, one grace trial at 75 %."""
+    page = open_panel(browser, server.http + "/")
+    result = page.evaluate(
+        """async () => {
+          const { ReconnectPolicy } = await import('/static/buffer.js');
+          const high = new ReconnectPolicy({ random: () => 1 });
+          const caps = [0, 1, 2, 4, 5, 50].map((n) => { high.failures = n; return high.next(0).delayMs; });
+          const p = new ReconnectPolicy({ random: () => 0 });
+          p.outage(100000, 30000);  // dropped at 100 s; the server keeps the session for 30 s
+          for (let i = 0; i < 5; i++) { p.next(100000 + 1000 * i); p.failed(100000 + 1000 * i); }
+          const opened = p.state(104000);
+          const grace = p.next(104000);
+          p.failed(122500);
+          const waiting = p.next(122500);
+          const trial = p.next(164000);
+          p.failed(164000);
+          const reopened = p.next(164000);
+          const last = p.next(224000);
+          p.succeeded(224500);
+          return {caps, opened, grace, waiting, trial, reopened, last, closed: p.state(224500), failures: p.failures};
+        }"""
+    )
+    assert result["caps"] == [250, 500, 1000, 4000, 8000, 10000]
+    assert result["opened"] == "open"
+    assert result["grace"] == {"delayMs": 18500, "attempt": True, "graceTrial": True}  # at 122.5 s, not 164 s
+    assert result["waiting"] == {"delayMs": 41500, "attempt": False, "graceTrial": False}  # once only
+    assert result["trial"]["attempt"] and not result["trial"]["graceTrial"]  # the breaker's own trial at 60 s
+    assert result["reopened"] == {"delayMs": 60000, "attempt": False, "graceTrial": False}
+    assert result["last"]["attempt"]
+    assert result["closed"] == "closed" and result["failures"] == 0
     page.context.close()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from echopanel.config import Settings
 from echopanel.engines.base import DecodePolicy
+from echopanel.events import Degraded
 from echopanel.flow.ladder import Level
 from echopanel.inference.scheduler import InferenceScheduler
 from echopanel.metrics import ServerMetrics
 from echopanel.server.controller import FlowController
-from echopanel.events import Degraded
 from echopanel.session.session import Session
 
 from fakes.engines import GatedEngine

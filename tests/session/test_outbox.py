@@ -49,7 +49,8 @@ async def test_detached_producers_never_wait_and_the_oldest_deltas_go_first() ->
     box.put_nowait(final(3))
     box.put_nowait(final(4))  # no delta left to drop: finals are never dropped, even past the bound
     assert [i.event.item for i in box.items()] == [1, 2, 3, 4] and box.qsize() == 4
-    box.put_nowait(SessionMetrics("sess", {}, 0, "normal", "whisper", "closed"))  # stale status is not kept while nobody reads
+    tick = SessionMetrics("sess", {}, 0, "normal", "whisper", "closed")
+    box.put_nowait(tick)  # stale status is not kept while nobody reads
     box.put_nowait(Backpressure("mic", "high", 1, 0, 4000))
     assert box.qsize() == 4 and box.dropped_transient == 2
 

@@ -39,7 +39,6 @@ from bench.common import (
     ServerProcess,
     cards_files,
     librivox_files,
-    percentile,
     start_server,
     write_json,
 )
@@ -47,6 +46,7 @@ from echopanel.audio.convert import float_to_pcm16
 from echopanel.audio.wav import read_audio
 from echopanel.client import LiveClient
 from echopanel.client.stream import send_source
+from echopanel.metrics import percentile
 
 
 def clips() -> list[np.ndarray]:
@@ -142,7 +142,8 @@ async def wait_for_normal(http: httpx.AsyncClient, timeout_s: float) -> float | 
 
 
 def p(values: list[float], q: float) -> float | None:
-    return None if not values else round(percentile(values, q), 3)
+    value = percentile(values, q / 100)
+    return None if value is None else round(value, 3)
 
 
 async def step(

@@ -38,13 +38,13 @@ from bench.common import (
     SAMPLE_RATE,
     cards_files,
     librivox_files,
-    percentile,
     write_json,
 )
 from echopanel.audio.convert import float_to_pcm16
 from echopanel.audio.wav import read_audio
 from echopanel.client import LiveClient
 from echopanel.client.stream import send_source
+from echopanel.metrics import percentile
 from echopanel.testing.server import ServerProcess, start_server
 
 
@@ -141,7 +141,8 @@ async def wait_for_normal(http: httpx.AsyncClient, timeout_s: float) -> float | 
 
 
 def p(values: list[float], q: float) -> float | None:
-    return None if not values else round(percentile(values, q), 3)
+    value = percentile(values, q / 100)
+    return None if value is None else round(value, 3)
 
 
 async def step(

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from echopanel.config import Settings
+from echopanel.config import Settings, SettingsError
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -75,9 +75,13 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-    settings = Settings.from_env(
-        host=args.host, port=args.port, token=args.token, data_dir=args.data_dir, max_sessions=args.max_sessions
-    )
+    try:
+        settings = Settings.from_env(
+            host=args.host, port=args.port, token=args.token, data_dir=args.data_dir, max_sessions=args.max_sessions
+        )
+    except SettingsError as exc:  # refused at start: say which variable or flag, and what it allows
+        print(f"echopanel serve: {exc}", file=sys.stderr)
+        return 2
     from echopanel.server.run import serve
 
     try:

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``values`` by linear interpolation between the two nearest ranks (numpy's
+    default, "linear"); None for no values. The one percentile of EchoPanel: session metrics, the scheduler's wait
+    p95 (the degrade ladder's load signal), speaker labelling stats and the benchmarks."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be within 0..1, not {q}")
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 class LatencyWindow:
@@ -20,10 +37,7 @@ class LatencyWindow:
         self.values.append(value)
 
     def percentile(self, q: float) -> float | None:
-        if not self.values:
-            return None
-        ordered = sorted(self.values)
-        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+        return percentile(self.values, q)
 
     def summary_ms(self) -> dict[str, int | None]:
         p50, p95 = self.percentile(0.5), self.percentile(0.95)

@@ -28,12 +28,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class EngineCapabilities:
+    """What the server needs to know of an engine: its name and model (metrics, logs, the OpenAI dialect's
+    ``model``), the rate it takes audio at, and the languages it transcribes (the dialects refuse others)."""
+
     name: str
     model: str
     sample_rate: int = 16000
-    partials: bool = True  # emits response.text.delta while someone speaks
-    word_timestamps: bool = True
-    word_confidence: bool = True
     languages: tuple[str, ...] = ("en",)
 
 

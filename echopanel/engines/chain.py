@@ -24,17 +24,16 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import EngineStatus, SpeechEngine, SpeechStream, StreamOptions
-from echopanel.engines.utterance import UtteranceEngine, open_utterance_stream
+from echopanel.engines.base import EngineStatus
+from echopanel.engines.utterance import RunnerEngine, UtteranceEngine
 from echopanel.flow.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
-from echopanel.inference.jobs import Decoded, DecodeRequest, WorkerDied
-from echopanel.inference.scheduler import DecodeTimeout, JobResult
+from echopanel.inference.jobs import Decoded, DecodeRequest, UnsupportedLanguage, WorkerDied
+from echopanel.inference.pool import DecodeTimeout, JobResult
 
 if TYPE_CHECKING:
     from echopanel.metrics import ServerMetrics
@@ -52,7 +51,7 @@ class EnginesUnavailable(RuntimeError):
 
 @dataclass
 class Link:
-    engine: UtteranceEngine
+    engine: RunnerEngine
     breaker: CircuitBreaker
     name: str
     failures: Counter[str] = field(default_factory=Counter)  # kind (error, timeout, died) -> count
@@ -85,10 +84,10 @@ class ChainRunner:
         return asyncio.ensure_future(self.chain.decode(request))
 
 
-class ChainEngine(SpeechEngine):
+class ChainEngine(UtteranceEngine):
     def __init__(
         self,
-        engines: list[UtteranceEngine],
+        engines: Sequence[RunnerEngine],
         *,
         breaker: BreakerSettings | None = None,
         recognizer: RecognizerSettings | None = None,
@@ -99,16 +98,16 @@ class ChainEngine(SpeechEngine):
         settings = breaker or BreakerSettings()
         self.links = [Link(e, CircuitBreaker(settings), e.capabilities.name) for e in engines]
         primary = engines[0]
-        self.capabilities = primary.capabilities  # clients see the primary; status() tells who decodes now
-        self.policy = primary.policy  # one decode policy (the flow controller's) for every engine
+        # Clients see the primary's capabilities (status() tells who decodes now); one decode policy (the flow
+        # controller's) serves every engine.
+        super().__init__(
+            ChainRunner(self), capabilities=primary.capabilities, recognizer=recognizer, policy=primary.policy
+        )
         self.scheduler = getattr(primary, "scheduler", None)
-        self.settings = recognizer or RecognizerSettings()
-        self.runner = ChainRunner(self)
         self.clock = clock
         self.listeners: list[Callable[[ChainNotice], None]] = []
         self.metrics: ServerMetrics | None = None
         self._mode = ("primary", self.links[0].name)
-        self._vad_executor: Executor | None = None
 
     @property
     def names(self) -> list[str]:
@@ -129,13 +128,6 @@ class ChainEngine(SpeechEngine):
 
     # -- SpeechEngine ------------------------------------------------------------------------------------------------
 
-    def open_stream(self, options: StreamOptions) -> SpeechStream:
-        if self._vad_executor is None:
-            self._vad_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vad")
-        return open_utterance_stream(
-            self.runner, options, settings=self.settings, policy=self.policy, vad_executor=self._vad_executor
-        )
-
     def status(self) -> EngineStatus:
         now = self.clock()
         _mode, engine = self.mode(now)
@@ -149,7 +141,7 @@ class ChainEngine(SpeechEngine):
         """Warm every engine at once (the fallback's processes start while Whisper warms up)."""
         errors: list[BaseException] = []
 
-        def warm(engine: UtteranceEngine) -> None:
+        def warm(engine: RunnerEngine) -> None:
             try:
                 engine.warmup()
             except BaseException as exc:
@@ -167,8 +159,7 @@ class ChainEngine(SpeechEngine):
     def close(self) -> None:
         for link in self.links:
             link.engine.close()
-        if self._vad_executor is not None:
-            self._vad_executor.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
     # -- routing -----------------------------------------------------------------------------------------------------
 
@@ -183,8 +174,13 @@ class ChainEngine(SpeechEngine):
 
     async def decode(self, request: DecodeRequest) -> JobResult[Decoded]:
         links = self.links[:1] if request.primary_only else self.links
+        if request.language not in self.links[0].engine.capabilities.languages:
+            raise UnsupportedLanguage(f"language {request.language!r} is not supported by {self.links[0].name}")
         tried: list[str] = []
         for link in links:
+            if request.language not in link.engine.capabilities.languages:
+                tried.append(f"{link.name}: no {request.language!r}")  # not a failure of that engine
+                continue
             now = self.clock()
             trial = link.breaker.state(now) is BreakerState.HALF_OPEN
             allowed, transition = link.breaker.allow(now)

@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import EngineStatus, SpeechEngine, SpeechStream, StreamOptions
-from echopanel.engines.utterance import UtteranceEngine, open_utterance_stream
+from echopanel.engines.base import EngineStatus
+from echopanel.engines.utterance import RunnerEngine, UtteranceEngine
 from echopanel.inference.jobs import Decoded, DecodeRequest, DecodeRunner, release_hangs
-from echopanel.inference.scheduler import JobResult
+from echopanel.inference.pool import JobResult
 
 MODES = ("ok", "fail", "hang", "die")
 KINDS = frozenset({"final", "partial"})
@@ -99,27 +98,23 @@ class FaultyRunner:
         return self.inner.submit(replace(request, fault=fault) if fault else request)
 
 
-class FaultyEngine(SpeechEngine):
+class FaultyEngine(UtteranceEngine):
     """``inner`` with failpoints on command. Same capabilities, policy and streams as ``inner``."""
 
+    vad_thread_name = "faulty-vad"
+
     def __init__(
-        self, inner: UtteranceEngine, switch: FaultSwitch, *, recognizer: RecognizerSettings | None = None
+        self, inner: RunnerEngine, switch: FaultSwitch, *, recognizer: RecognizerSettings | None = None
     ) -> None:
         self.inner = inner
         self.switch = switch
-        self.capabilities = inner.capabilities
-        self.policy = inner.policy
-        self.runner = FaultyRunner(inner.runner, switch)
-        self.settings = recognizer or RecognizerSettings()
-        self.scheduler = getattr(inner, "scheduler", None)  # the flow controller measures Whisper's scheduler
-        self._vad_executor: Executor | None = None
-
-    def open_stream(self, options: StreamOptions) -> SpeechStream:
-        if self._vad_executor is None:
-            self._vad_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="faulty-vad")
-        return open_utterance_stream(
-            self.runner, options, settings=self.settings, policy=self.policy, vad_executor=self._vad_executor
+        super().__init__(
+            FaultyRunner(inner.runner, switch),
+            capabilities=inner.capabilities,
+            recognizer=recognizer,
+            policy=inner.policy,
         )
+        self.scheduler = getattr(inner, "scheduler", None)  # the flow controller measures Whisper's scheduler
 
     def status(self) -> EngineStatus:
         return EngineStatus(self.capabilities.name, primary=self.capabilities.name)
@@ -129,5 +124,4 @@ class FaultyEngine(SpeechEngine):
 
     def close(self) -> None:
         self.inner.close()
-        if self._vad_executor is not None:
-            self._vad_executor.shutdown(wait=False, cancel_futures=True)
+        super().close()

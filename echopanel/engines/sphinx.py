@@ -18,7 +18,6 @@ pocketsphinx (CMU Sphinx, en-us model and 3-gram LM inside the PyPI wheel) is fa
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import json
 import logging
@@ -28,34 +27,23 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
+from echopanel.engines.base import EngineCapabilities
 from echopanel.engines.sphinx_worker import HEADER, LENGTH
+from echopanel.engines.utterance import UtteranceEngine
 from echopanel.events import Word
-from echopanel.inference.jobs import Decoded, DecodeRequest, InjectedFault, WorkerDied
-from echopanel.inference.scheduler import (
-    DecodeTimeout,
-    JobKind,
-    JobResult,
-    cancel_once,
-    post,
-    set_exception_once,
-    set_result_once,
-)
-from echopanel.recognizer.stream import VadStreamingRecognizer
-from echopanel.recognizer.vad import SileroVoiceDetector
+from echopanel.inference.jobs import Decoded, DecodeRequest, InjectedFault, UnsupportedLanguage, WorkerDied
+from echopanel.inference.pool import DecodeTimeout, Job, JobKind, JobResult, Slot, WorkerPool
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 NAME = "pocketsphinx"
 MODEL = "pocketsphinx 5.1.1 en-us (PTM acoustic model, 3-gram LM)"
+LANGUAGES = ("en",)
 START_TIMEOUT_S = 30.0
 
 
@@ -63,20 +51,11 @@ def to_pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
-@dataclass(order=True)
-class _Job:
-    order: tuple[int, int, float, int]
-    request: DecodeRequest = field(compare=False)
-    future: asyncio.Future[JobResult[Decoded]] = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
-    enqueued: float = field(compare=False)
-
-
-class _Process:
-    """One worker process and the utterance it holds open."""
+class _Process(Slot):
+    """One worker process (the pool's slot ``index``) and the utterance it holds open."""
 
     def __init__(self, index: int) -> None:
-        self.index = index
+        super().__init__(index)
         self.proc: subprocess.Popen[bytes] | None = None
         self.key: str | None = None  # the item whose utterance is open in the process
         self.fed = 0  # samples of it already fed
@@ -150,52 +129,42 @@ class _Process:
         return bytes(out)
 
 
-class SphinxPool:
-    """Worker processes behind one priority queue: finals first, then stream priority, then age."""
+class SphinxPool(WorkerPool[DecodeRequest, Decoded]):
+    """Worker processes behind the shared priority queue (``inference/pool.py``: finals first, then stream priority,
+    then age); a slot prefers the request for the item its process holds open."""
+
+    stopped_message = "pocketsphinx pool is closed"
 
     def __init__(self, workers: int = 1, *, timeout_s: float | None = 10.0) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self.workers = workers
+        super().__init__(workers, name="sphinx")
         self.timeout_s = timeout_s
-        self.name = NAME
-        self._heap: list[_Job] = []
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
         self._procs = [_Process(i) for i in range(workers)]
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
+        self._closed = False
         self._started = threading.Event()
         self._spawned = 0
         self.restarts = 0  # processes replaced after a death or a timeout
         self.decodes = 0
         self.restarted_utterances = 0  # requests that could not continue an open utterance (decoded from scratch)
-        self.compute_s = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Spawn the processes (in parallel) and their threads; blocking, idempotent."""
+        """Spawn the processes (in parallel, one per slot thread); blocking, idempotent."""
         with self._cond:
-            if self._threads or self._stopping:
+            if self._threads or self._closed:
                 return
-            for proc in self._procs:
-                t = threading.Thread(target=self._serve, args=(proc,), name=f"sphinx-{proc.index}", daemon=True)
-                self._threads.append(t)
-                t.start()
+        super().start()
         self._started.wait(START_TIMEOUT_S + 5)
 
     def close(self) -> None:
         with self._cond:
-            self._stopping = True
-            pending, self._heap = self._heap, []
-            self._cond.notify_all()
-        for job in pending:
-            post(job.loop, cancel_once, job.future)
+            self._closed = True
+        self._halt()
         for proc in self._procs:
             proc.kill()
-        for t in self._threads:
-            t.join(timeout=5)
+        self._join()
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.pid is not None]
@@ -204,67 +173,44 @@ class SphinxPool:
         """Resident memory of each worker process (as reported by the process at its last answer)."""
         return [p.rss for p in self._procs]
 
-    # -- jobs ------------------------------------------------------------------------------------------------------
+    # -- the pool's hooks --------------------------------------------------------------------------------------------
 
-    def submit(self, request: DecodeRequest) -> asyncio.Future[JobResult[Decoded]]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[JobResult[Decoded]] = loop.create_future()
-        if not self._threads:
-            threading.Thread(target=self.start, name="sphinx-start", daemon=True).start()  # lazy start
-        now = time.monotonic()
-        kind = JobKind.FINAL if request.final else JobKind.PARTIAL
-        job = _Job((int(kind), request.priority, now, next(self._seq)), request, future, loop, now)
-        with self._cond:
-            if self._stopping:
-                future.set_exception(RuntimeError("pocketsphinx pool is closed"))
-                return future
-            heapq.heappush(self._heap, job)
-            self._cond.notify_all()
-        return future
+    def _new_slot(self, index: int) -> Slot:
+        return self._procs[index]
 
-    def _take(self, proc: _Process) -> _Job | None:
-        """The best job; among the jobs of the best class, the one for the item this process holds open."""
-        while self._heap and self._heap[0].future.cancelled():
-            heapq.heappop(self._heap)
-        if not self._heap:
-            return None
-        best = self._heap[0]
-        if proc.key is not None and best.request.key != proc.key:
-            for job in self._heap:
-                if job.request.key == proc.key and job.order[:2] == best.order[:2] and not job.future.cancelled():
-                    self._heap.remove(job)
-                    heapq.heapify(self._heap)
-                    return job
-        return heapq.heappop(self._heap)
-
-    def _serve(self, proc: _Process) -> None:
+    def _slot_started(self, slot: Slot) -> None:
+        assert isinstance(slot, _Process)
         try:
-            proc.spawn()
-            log.info("pocketsphinx worker %d: pid %s, %.0f MB", proc.index, proc.pid, proc.rss / 1e6)
+            slot.spawn()
+            log.info("pocketsphinx worker %d: pid %s, %.0f MB", slot.index, slot.pid, slot.rss / 1e6)
         except Exception:
-            log.exception("pocketsphinx worker %d failed to start", proc.index)  # the first decode retries
+            log.exception("pocketsphinx worker %d failed to start", slot.index)  # the first decode retries
         with self._cond:
             self._spawned += 1
             if self._spawned == self.workers:
                 self._started.set()
-        while True:
-            with self._cond:
-                job = None
-                while not self._stopping and (job := self._take(proc)) is None:
-                    self._cond.wait()
-                if self._stopping or job is None:
-                    return
-            started = time.monotonic()
-            try:
-                decoded = self._decode(proc, job.request)
-            except BaseException as exc:
-                post(job.loop, set_exception_once, job.future, exc)
-            else:
-                done = time.monotonic()
-                self.compute_s += done - started
-                post(job.loop, set_result_once, job.future, JobResult(decoded, started - job.enqueued, done - started))
 
-    def _decode(self, proc: _Process, req: DecodeRequest) -> Decoded:
+    def _prefers(self, slot: Slot, job: Job[DecodeRequest]) -> bool:
+        """The request for the item this process holds open: it continues the utterance with only the new audio."""
+        assert isinstance(slot, _Process)
+        return slot.key is not None and job.key == slot.key
+
+    def _run(self, slot: Slot, job: Job[DecodeRequest]) -> Decoded:
+        assert isinstance(slot, _Process)
+        return self._decode(slot, job.payload, job.timeout_s)
+
+    # -- jobs ------------------------------------------------------------------------------------------------------
+
+    def submit(self, request: DecodeRequest) -> asyncio.Future[JobResult[Decoded]]:
+        if not self._threads and not self._closed:
+            threading.Thread(target=self.start, name="sphinx-start", daemon=True).start()  # lazy start
+        kind = JobKind.FINAL if request.final else JobKind.PARTIAL
+        return self._enqueue(request, kind=kind, priority=request.priority, key=request.key, timeout_s=self.timeout_s)
+
+    def _decode(self, proc: _Process, req: DecodeRequest, timeout_s: float | None) -> Decoded:
+        """A decode past ``timeout_s`` (the job's limit) kills the process: it cannot be interrupted otherwise."""
+        if req.language not in LANGUAGES:
+            raise UnsupportedLanguage(f"language {req.language!r} is not supported by pocketsphinx (en-us)")
         if not proc.alive():
             self._restart(proc, "not running")
         samples = len(req.audio)
@@ -272,13 +218,13 @@ class SphinxPool:
         audio = req.audio if restart else req.audio[proc.fed :]
         self.restarted_utterances += int(restart and proc.key is not None)
         header = {"op": "decode", "id": next(proc.ids), "restart": restart, "final": req.final, "fault": req.fault}
-        deadline = time.monotonic() + (self.timeout_s if self.timeout_s is not None else 1e9)
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else 1e9)
         try:
             proc.send(header, to_pcm16(audio))
             reply = proc.receive(deadline)
         except DecodeTimeout:
             self._restart(proc, "decode timed out")
-            message = f"pocketsphinx decode abandoned after {self.timeout_s:.1f} s; worker replaced"
+            message = f"pocketsphinx decode abandoned after {timeout_s:.1f} s; worker replaced"
             raise DecodeTimeout(message) from None
         except WorkerDied:
             self._restart(proc, "died")
@@ -311,7 +257,9 @@ class SphinxRunner:
         return self.pool.submit(request)
 
 
-class PocketsphinxEngine(SpeechEngine):
+class PocketsphinxEngine(UtteranceEngine):
+    vad_thread_name = "sphinx-vad"
+
     def __init__(
         self,
         *,
@@ -320,29 +268,12 @@ class PocketsphinxEngine(SpeechEngine):
         recognizer: RecognizerSettings | None = None,
     ) -> None:
         self.pool = SphinxPool(workers, timeout_s=decode_timeout_s)
-        self.runner = SphinxRunner(self.pool)
-        self.settings = recognizer or RecognizerSettings()
-        self.capabilities = EngineCapabilities(name=NAME, model=MODEL, word_confidence=True)
-        self.policy = DecodePolicy(partial_interval_ms=self.settings.partial_interval_ms)
-        self._vad_executor: Executor | None = None
-
-    def open_stream(self, options: StreamOptions) -> SpeechStream:
-        if self._vad_executor is None:
-            self._vad_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sphinx-vad")
-        return VadStreamingRecognizer(
-            runner=self.runner,
-            detector=SileroVoiceDetector(SAMPLE_RATE),
-            vad_executor=self._vad_executor,
-            options=options,
-            settings=self.settings,
-            sample_rate=SAMPLE_RATE,
-            policy=self.policy,
-        )
+        capabilities = EngineCapabilities(name=NAME, model=MODEL, languages=LANGUAGES)
+        super().__init__(SphinxRunner(self.pool), capabilities=capabilities, recognizer=recognizer)
 
     def warmup(self) -> None:
         self.pool.start()
 
     def close(self) -> None:
         self.pool.close()
-        if self._vad_executor is not None:
-            self._vad_executor.shutdown(wait=False, cancel_futures=True)
+        super().close()

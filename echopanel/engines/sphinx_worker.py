@@ -1,7 +1,7 @@
 """One pocketsphinx decoder in its own process (``python -m echopanel.engines.sphinx_worker``).
 
 pocketsphinx holds the GIL while it decodes, so decoders in threads do not run in parallel; in processes they do.
-The parent (``engines/pocketsphinx.py``) talks to this process over stdin/stdout with length-prefixed frames:
+The parent (``engines/sphinx.py``) talks to this process over stdin/stdout with length-prefixed frames:
 
     request  = struct ">II" (header length, audio length) + JSON header + PCM16 LE mono 16 kHz audio
     response = struct ">I" (length) + JSON

@@ -13,24 +13,21 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from echopanel.config import RecognizerSettings
-from echopanel.engines.base import DecodePolicy, EngineCapabilities, SpeechEngine, SpeechStream, StreamOptions
+from echopanel.engines.base import EngineCapabilities
+from echopanel.engines.utterance import SAMPLE_RATE, UtteranceEngine
 from echopanel.evaluation import normalize
 from echopanel.events import Word
-from echopanel.inference.jobs import ScheduledDecoder
+from echopanel.inference.jobs import Decoded, ScheduledDecoder, UnsupportedLanguage
 from echopanel.inference.scheduler import InferenceScheduler
-from echopanel.recognizer.stream import Decoded, VadStreamingRecognizer
-from echopanel.recognizer.vad import SileroVoiceDetector
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 FRAMES_PER_S = 100
 PAD_S = 1.0  # padding kept after the audio; 0.5 s measurably hurt the last word's timing
 MIN_FRAMES = 1000  # below a 10 s window, short clips loop ("he was not he was not") and clip ends get invented words
@@ -82,6 +79,9 @@ class WhisperDecoder:
             str(model_dir), device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=workers
         )
         self.prefix_retries = 0  # finals decoded again because they stopped at their prefix (see decode)
+        # What the weights can transcribe: ("en",) for tiny.en. faster-whisper silently decodes English when an
+        # English-only model is asked for another language; this decoder refuses instead (UnsupportedLanguage).
+        self.languages: tuple[str, ...] = tuple(self.model.supported_languages)
 
     def decode(
         self,
@@ -92,11 +92,14 @@ class WhisperDecoder:
         final: bool,
         beam_size: int | None = None,
         expect_more: bool = False,
+        language: str = "en",
     ) -> Decoded:
+        if language not in self.languages:
+            raise UnsupportedLanguage(f"language {language!r} is not supported by {self.model_dir.name}")
         seconds = len(audio) / SAMPLE_RATE
         _local.frames = min(MAX_FRAMES, max(MIN_FRAMES, math.ceil(seconds + PAD_S) * FRAMES_PER_S))
         options: dict[str, Any] = {
-            "language": "en",
+            "language": language,
             "vad_filter": False,
             "condition_on_previous_text": False,
             "initial_prompt": context or None,
@@ -140,7 +143,9 @@ class WhisperDecoder:
         return Decoded(text, tuple(words))
 
 
-class WhisperEngine(SpeechEngine):
+class WhisperEngine(UtteranceEngine):
+    scheduler: InferenceScheduler
+
     def __init__(
         self,
         *,
@@ -153,29 +158,19 @@ class WhisperEngine(SpeechEngine):
     ) -> None:
         model_dir = model_dir or packaged_model_dir()
         self.decoder = WhisperDecoder(model_dir, workers=workers, cpu_threads=cpu_threads)
-        self.settings = recognizer or RecognizerSettings()
         self.scheduler = scheduler or InferenceScheduler(workers)
         self.scheduler.start()
         # Every decode runs on the shared scheduler; one running past decode_timeout_s is abandoned (its worker
         # thread replaced) and the item fails, or goes to the fallback engine when a chain wraps this engine.
-        self.runner = ScheduledDecoder(self.decoder, self.scheduler, timeout_s=decode_timeout_s)
-        self._vad_executor: Executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vad")
-        self.capabilities = EngineCapabilities(name="whisper", model=f"whisper-tiny.en ({model_dir.name})")
+        super().__init__(
+            ScheduledDecoder(self.decoder, self.scheduler, timeout_s=decode_timeout_s),
+            capabilities=EngineCapabilities(
+                name="whisper", model=f"whisper-tiny.en ({model_dir.name})", languages=self.decoder.languages
+            ),
+            recognizer=recognizer,
+        )
         self.compute_s = 0.0
         self.audio_s = 0.0
-        self.policy = DecodePolicy(partial_interval_ms=self.settings.partial_interval_ms)
-
-    def open_stream(self, options: StreamOptions) -> SpeechStream:
-        return VadStreamingRecognizer(
-            runner=self.runner,
-            detector=SileroVoiceDetector(SAMPLE_RATE),
-            vad_executor=self._vad_executor,
-            options=options,
-            settings=self.settings,
-            sample_rate=SAMPLE_RATE,
-            on_compute=self._on_compute,
-            policy=self.policy,
-        )
 
     def _on_compute(self, compute_s: float, audio_s: float) -> None:
         self.compute_s += compute_s
@@ -189,4 +184,4 @@ class WhisperEngine(SpeechEngine):
 
     def close(self) -> None:
         self.scheduler.stop()
-        self._vad_executor.shutdown(wait=False, cancel_futures=True)
+        super().close()

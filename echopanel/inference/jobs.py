@@ -5,7 +5,7 @@ utterance, or its final. A ``DecodeRunner`` takes such a ``DecodeRequest`` and r
 
 - ``ScheduledDecoder``: a blocking ``Decoder`` (Whisper) on the shared ``InferenceScheduler`` (threads), with a time
   limit per decode (a hung decode is abandoned and its worker thread replaced).
-- ``SphinxRunner`` (``engines/pocketsphinx.py``): pocketsphinx decoders in worker processes.
+- ``SphinxRunner`` (``engines/sphinx.py``): pocketsphinx decoders in worker processes.
 - ``ChainRunner`` (``engines/chain.py``): routes each request to the first engine whose circuit breaker allows it.
 
 Failpoints: a request may carry ``fault`` ("fail", "hang" or "die"), set only by the fault-injection wrapper
@@ -23,7 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from echopanel.events import Word
-from echopanel.inference.scheduler import InferenceScheduler, JobKind, JobResult
+from echopanel.inference.pool import JobKind, JobResult
+from echopanel.inference.scheduler import InferenceScheduler
 
 HANG_MAX_S = 600.0  # an injected hang ends by itself after this long (or when the faults are cleared)
 
@@ -43,6 +44,7 @@ class DecodeRequest:
     context: str = ""
     beam_size: int | None = None
     expect_more: bool = False  # final: the last partial heard words after ``prefix`` (see WhisperDecoder.decode)
+    language: str = "en"  # the session's language (StreamOptions.language); decoders refuse ones they cannot do
     priority: int = 0  # 0 = microphone
     key: str = ""  # stream and item: incremental engines continue where this item's last decode stopped
     primary_only: bool = False  # chains: only the first engine may decode it (re-decoding fallback items)
@@ -61,8 +63,10 @@ class Decoder(Protocol):
         final: bool,
         beam_size: int | None = None,
         expect_more: bool = False,
+        language: str = "en",
     ) -> Decoded:
-        """Blocking decode of one utterance's audio (runs on a scheduler worker thread)."""
+        """Blocking decode of one utterance's audio (runs on a scheduler worker thread); ``UnsupportedLanguage``
+        for a language the decoder cannot transcribe."""
         ...
 
 
@@ -72,6 +76,12 @@ class DecodeRunner(Protocol):
     def submit(self, request: DecodeRequest) -> asyncio.Future[JobResult[Decoded]]:
         """Start a decode; cancelling the future before it runs drops the job."""
         ...
+
+
+class UnsupportedLanguage(ValueError):
+    """A decode asked for a language the decoder cannot transcribe (the item fails with this code)."""
+
+    code = "unsupported_language"
 
 
 class InjectedFault(RuntimeError):
@@ -127,6 +137,7 @@ class ScheduledDecoder:
                 final=r.final,
                 beam_size=r.beam_size,
                 expect_more=r.expect_more,
+                language=r.language,
             )
 
         kind = JobKind.FINAL if r.final else JobKind.PARTIAL

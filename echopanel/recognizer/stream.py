@@ -433,6 +433,7 @@ class VadStreamingRecognizer:
             context=context,
             beam_size=beam_size,
             expect_more=expect_more,
+            language=self._options.language,
             priority=self._options.priority,
             key=f"{id(self):x}:{item}",
             primary_only=self._options.primary_only,

@@ -17,6 +17,7 @@ from echopanel.engines.sphinx import PocketsphinxEngine
 from echopanel.engines.utterance import UtteranceEngine
 from echopanel.engines.whisper import WhisperEngine
 from echopanel.flow.breaker import BreakerSettings
+from echopanel.flow.ladder import DegradeLadder
 from echopanel.metrics import ServerMetrics
 from echopanel.server import memory
 from echopanel.server.app import create_app
@@ -42,7 +43,7 @@ def build_engine(settings: Settings, faults: FaultSwitch | None = None) -> Speec
             decode_timeout_s=settings.decode_timeout_s,
         )
     ]
-    if settings.fallback_engine == "pocketsphinx":
+    if settings.fallback_engine == "pocketsphinx":  # the settings allow "pocketsphinx" or "none"
         engines.append(
             PocketsphinxEngine(
                 workers=settings.fallback_workers,
@@ -50,8 +51,6 @@ def build_engine(settings: Settings, faults: FaultSwitch | None = None) -> Speec
                 recognizer=settings.recognizer,
             )
         )
-    elif settings.fallback_engine not in ("none", ""):
-        raise SystemExit(f"unknown fallback engine {settings.fallback_engine!r}: use 'pocketsphinx' or 'none'")
     if faults is not None:
         engines = [FaultyEngine(e, faults, recognizer=settings.recognizer) for e in engines]
     breaker = BreakerSettings(settings.breaker_failures, settings.breaker_reset_s)
@@ -92,6 +91,7 @@ async def serve(settings: Settings) -> None:
             policy=engine.policy,
             base_interval_ms=settings.recognizer.partial_interval_ms,
             metrics=ServerMetrics(),
+            ladder=DegradeLadder(settings.ladder),
         )
     store, speakers = await asyncio.to_thread(open_store_and_speakers, settings)
     app = create_app(engine, settings, controller, store=store, speakers=speakers)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from echopanel.metrics import percentile
 from echopanel.speakers.embedding import SpeakerEncoder, default_weights_path
 from echopanel.speakers.tracker import SpeakerTracker, SpeakerTurn, main_speaker
 
@@ -235,9 +236,9 @@ def _lower_priority(nice: int) -> None:
 def _percentiles(values: deque[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None, "max": None}
-    ordered = sorted(values)
-    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
-    return {"p50": pick(0.5), "p95": pick(0.95), "max": round(ordered[-1], 1)}
+    p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+    assert p50 is not None and p95 is not None
+    return {"p50": round(p50, 1), "p95": round(p95, 1), "max": round(max(values), 1)}
 
 
 def label_of_span(turns: list[SpeakerTurn], start_s: float, end_s: float) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 from echopanel.engines.base import DecodePolicy, EngineCapabilities
 from echopanel.engines.chain import ChainEngine, ChainNotice, EnginesUnavailable
 from echopanel.flow.breaker import BreakerSettings
-from echopanel.inference.jobs import Decoded, DecodeRequest, WorkerDied
+from echopanel.inference.jobs import Decoded, DecodeRequest, UnsupportedLanguage, WorkerDied
 from echopanel.inference.scheduler import DecodeTimeout, JobResult
 
 AUDIO = np.zeros(1600, np.float32)
@@ -42,8 +42,8 @@ class ScriptedRunner:
 
 
 class ScriptedEngine:
-    def __init__(self, name: str) -> None:
-        self.capabilities = EngineCapabilities(name=name, model=f"{name}-model")
+    def __init__(self, name: str, languages: tuple[str, ...] = ("en",)) -> None:
+        self.capabilities = EngineCapabilities(name=name, model=f"{name}-model", languages=languages)
         self.policy = DecodePolicy()
         self.runner = ScriptedRunner(name)
 
@@ -156,3 +156,18 @@ async def test_primary_only_requests_never_use_the_fallback() -> None:
         await chain.runner.submit(req(primary_only=True))
     assert fallback.runner.calls == []
     assert (await chain.runner.submit(req(primary_only=True))).value.engine == "whisper"
+
+
+async def test_an_engine_without_the_language_is_skipped_and_not_blamed() -> None:
+    primary, fallback = ScriptedEngine("whisper", ("en", "de")), ScriptedEngine("pocketsphinx")
+    chain = ChainEngine([primary, fallback], breaker=BreakerSettings(5, 60.0))
+    german = DecodeRequest(AUDIO, True, key="s:1", language="de")
+    assert (await chain.runner.submit(german)).value.engine == "whisper"
+    assert primary.runner.calls[-1].language == "de"  # the request reaches the engine's runner as it was made
+    primary.runner.script.append("error")
+    with pytest.raises(EnginesUnavailable):  # the fallback speaks no German: nobody else may decode it
+        await chain.runner.submit(german)
+    assert fallback.runner.calls == [] and chain.status().breakers == {"whisper": "closed", "pocketsphinx": "closed"}
+    with pytest.raises(UnsupportedLanguage):  # not even the primary's: refused before any engine is asked
+        await chain.runner.submit(DecodeRequest(AUDIO, True, key="s:2", language="fr"))
+    assert len(primary.runner.calls) == 2

@@ -11,7 +11,8 @@ import pytest
 from echopanel.audio.wav import read_audio
 from echopanel.engines.base import StreamOptions
 from echopanel.engines.whisper import WhisperEngine
-from echopanel.events import SpeechStarted, SpeechStopped, TextDelta, TextFinal
+from echopanel.events import ItemFailed, SpeechStarted, SpeechStopped, TextDelta, TextFinal
+from echopanel.inference.jobs import UnsupportedLanguage
 
 from support import LIBRIVOX, PHONE, librivox_refs, wer
 
@@ -99,3 +100,33 @@ async def test_stream_on_real_speech(engine: WhisperEngine) -> None:
     assert wer(" ".join(refs[n] for n in names), hyp) <= 0.10
     times = [(f.start_ms, f.end_ms) for f in finals]
     assert all(s < e for s, e in times) and times == sorted(times)
+
+
+def test_languages_are_what_the_weights_can_transcribe(engine: WhisperEngine) -> None:
+    # tiny.en is English-only; the dialects refuse a session language not in this list.
+    assert engine.capabilities.languages == ("en",)
+    audio = read_audio(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav")
+    with pytest.raises(UnsupportedLanguage):  # faster-whisper itself would quietly decode English
+        engine.decoder.decode(audio, prefix="", context="", final=True, language="de")
+
+
+async def test_the_stream_language_reaches_the_decoder(engine: WhisperEngine) -> None:
+    """``StreamOptions.language`` travels in each decode request to the real decoder: asked for German, tiny.en
+    refuses every item (were the language dropped or hard-coded on the way, it would decode English)."""
+    audio = np.concatenate([read_audio(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"), np.zeros(16000)])
+    stream = engine.open_stream(StreamOptions(source="mic", language="de"))
+    events: list[object] = []
+
+    async def collect() -> None:
+        async for ev in stream.events():
+            events.append(ev)
+
+    reader = asyncio.create_task(collect())
+    for i in range(0, len(audio), 1600):
+        await stream.push(audio[i : i + 1600].astype(np.float32))
+    await stream.flush()
+    await stream.aclose()
+    await reader
+    failed = [e for e in events if isinstance(e, ItemFailed)]
+    assert failed and all(f.code == "unsupported_language" for f in failed)
+    assert not [e for e in events if isinstance(e, TextFinal | TextDelta)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from echopanel.config import Settings
@@ -51,7 +50,7 @@ async def test_load_climbs_the_ladder_sessions_hear_it_and_it_recovers(tmp_path:
     engine.policy = DecodePolicy()
     sched = MeasuredScheduler()
     ctl = FlowController(scheduler=sched, policy=engine.policy, base_interval_ms=300, metrics=ServerMetrics())
-    settings = replace(Settings(), data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path)
     session = Session(engine=engine, settings=settings, sources=["mic", "system"], sample_rate=16000)
     ctl.register(session)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,7 @@ async def finals_of(session: Session) -> list[TextFinal]:
 
 
 def new_session(engine: WhisperEngine, tmp: Path) -> Session:
-    settings = replace(Settings(), data_dir=tmp, speakers=False, mic_queue_ms=30_000)  # the whole sentence fits
+    settings = Settings(data_dir=tmp, speakers=False, mic_queue_ms=30_000)  # the whole sentence fits
     session = Session(engine=engine, settings=settings, sources=["mic"], sample_rate=RATE)
     session.start()
     return session

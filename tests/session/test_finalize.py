@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +117,7 @@ class ScriptedEngine(SpeechEngine):
 
 
 def settings(tmp: Path) -> Settings:
-    return replace(Settings(), data_dir=tmp)
+    return Settings(data_dir=tmp)
 
 
 class Client:
@@ -218,7 +217,7 @@ def phone_session(
     """A started session whose ``source`` gets the phone call's scripted single-speaker stretches."""
     session = Session(
         engine=ScriptedEngine({source: phone_turns()}),
-        settings=replace(settings(tmp_path), **overrides),
+        settings=settings(tmp_path).replace(**overrides),
         sources=sources or [source],
         sample_rate=sf.info(str(PHONE / "sample.wav")).samplerate,
         overflow="block",  # nothing shed (a repair would replay the script)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ MS = 32  # bytes of PCM16 per ms at 16 kHz
 
 
 def settings(tmp: Path, **kw: object) -> Settings:
-    return replace(Settings(), data_dir=tmp, mic_queue_ms=400, system_queue_ms=200, **kw)  # type: ignore[arg-type]
+    return Settings(data_dir=tmp, mic_queue_ms=400, system_queue_ms=200, **kw)  # type: ignore[arg-type]
 
 
 def drain_backpressure(session: Session) -> list[Backpressure]:

@@ -1,0 +1,80 @@
+"""The session's language travels with every decode the streaming recognizer asks for, partials and finals."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from echopanel.audio.wav import read_audio
+from echopanel.config import RecognizerSettings
+from echopanel.events import TextFinal
+from echopanel.inference.jobs import Decoded, Decoder
+from echopanel.inference.scheduler import InferenceScheduler
+from echopanel.recognizer.stream import VadStreamingRecognizer
+from echopanel.recognizer.types import StreamOptions
+from echopanel.recognizer.vad import SileroVoiceDetector
+
+from support import LIBRIVOX
+
+
+class RecordingDecoder(Decoder):
+    """A decoder for one language that records what each decode asked for (it answers every decode "hallo")."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[bool, str]] = []  # (final, language)
+        self._lock = threading.Lock()
+
+    def decode(
+        self,
+        audio: np.ndarray,
+        *,
+        prefix: str,
+        context: str,
+        final: bool,
+        beam_size: int | None = None,
+        expect_more: bool = False,
+        language: str = "en",
+    ) -> Decoded:
+        with self._lock:
+            self.asked.append((final, language))
+        return Decoded(" hallo", ())
+
+
+async def test_every_decode_gets_the_stream_language() -> None:
+    decoder, scheduler = RecordingDecoder(), InferenceScheduler(1)
+    scheduler.start()
+    vad = ThreadPoolExecutor(1)
+    stream = VadStreamingRecognizer(
+        decoder=decoder,
+        scheduler=scheduler,
+        detector=SileroVoiceDetector(16000),
+        vad_executor=vad,
+        options=StreamOptions(source="mic", language="de"),
+        settings=RecognizerSettings(),
+    )
+    events: list[object] = []
+
+    async def collect() -> None:
+        async for ev in stream.events():
+            events.append(ev)
+
+    reader = asyncio.create_task(collect())
+    audio = np.concatenate([read_audio(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"), np.zeros(16000)])
+    try:
+        for i in range(0, len(audio), 1600):  # at real-time pace the decode loop asks for partials
+            await stream.push(audio[i : i + 1600].astype(np.float32))
+            await asyncio.sleep(0.02)
+        await stream.flush()
+        await stream.aclose()
+        await reader
+    finally:
+        scheduler.stop()
+        vad.shutdown()
+    assert any(isinstance(e, TextFinal) for e in events)
+    assert {final for final, _ in decoder.asked} == {False, True}  # partials and finals
+    assert {language for _, language in decoder.asked} == {"de"}

@@ -58,6 +58,11 @@ class _Item:
 
 
 _END = object()
+_FAILED = object()
+
+
+class StreamFailed(RuntimeError):
+    """The stream's decode loop failed: it gives no more results (the session reports an internal error)."""
 
 
 class VadStreamingRecognizer:
@@ -116,6 +121,7 @@ class VadStreamingRecognizer:
         self._partial_job: asyncio.Future[object] | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
 
     # -- SpeechStream -------------------------------------------------------------------------------------------
 
@@ -126,6 +132,7 @@ class VadStreamingRecognizer:
     async def push(self, pcm: np.ndarray) -> None:
         self._ensure_task()
         while len(self._closed) >= self._s.max_pending_finals:
+            self._check()
             self._progress.clear()
             await self._progress.wait()
         async with self._lock:
@@ -220,6 +227,7 @@ class VadStreamingRecognizer:
             if utt is not None:
                 await self._on_segment(Closed(utt))
         while self._closed or self._requests:
+            self._check()
             self._progress.clear()
             self._wake.set()
             await self._progress.wait()
@@ -245,6 +253,8 @@ class VadStreamingRecognizer:
             ev = await self._events.get()
             if ev is _END:
                 return
+            if ev is _FAILED:
+                raise StreamFailed(f"the decode loop of source {self._options.source} failed") from self._failure
             yield ev  # type: ignore[misc]
 
     # -- internals ----------------------------------------------------------------------------------------------
@@ -288,9 +298,15 @@ class VadStreamingRecognizer:
             await self._loop()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("decode loop failed (source %s)", self._options.source)
-            raise
+            self._failure = exc
+            self._progress.set()  # a push or flush waiting for progress learns of it
+            await self._events.put(_FAILED)
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise StreamFailed(f"the decode loop of source {self._options.source} failed") from self._failure
 
     async def _loop(self) -> None:
         while True:

@@ -35,8 +35,9 @@ from echopanel.events import (
 )
 from echopanel.inference.jobs import Decoded, Decoder, DecodeRequest, DecodeRunner, ScheduledDecoder
 from echopanel.inference.scheduler import InferenceScheduler
-from echopanel.recognizer.agreement import LocalAgreement, split_words
+from echopanel.recognizer.agreement import LocalAgreement
 from echopanel.recognizer.segmenter import Closed, Opened, Utterance, UtteranceSegmenter
+from echopanel.recognizer.text import after_prefix, assemble_final
 from echopanel.recognizer.types import DecodePolicy, StreamOptions, TurnSettings
 from echopanel.recognizer.vad import WINDOW, VoiceDetector
 
@@ -358,7 +359,7 @@ class VadStreamingRecognizer:
         self._account(item, result.compute_s, len(audio))
         if item is not self._open and not any(x is item for x in self._closed):
             return  # the utterance was cleared while it was being decoded
-        hyp = _after_prefix(result.value.text, prefix, len(item.agreement.stable))
+        hyp = after_prefix(result.value.text, prefix, len(item.agreement.stable))
         speech_decoded = utt.audio_start + len(audio) - utt.onset  # speech in the audio this decode saw
         if speech_decoded < self._s.commit_after_ms * self._ms:
             item.agreement.observe(hyp)
@@ -462,48 +463,3 @@ class VadStreamingRecognizer:
         item.compute_s += compute_s
         if self._on_compute is not None:
             self._on_compute(compute_s, samples / self._rate)
-
-
-def _after_prefix(text: str, prefix: str, prefix_words: int) -> list[str]:
-    """The decoder's words after the forced prefix."""
-    stripped = text.lstrip()
-    if prefix and stripped.startswith(prefix):
-        return split_words(stripped[len(prefix) :])
-    return split_words(text)[prefix_words:]
-
-
-HALLUCINATION_MARGIN_MS = 150
-
-
-def _invented(word: Word, voiced_end_ms: int) -> bool:
-    if not _has_letters(word.text):
-        return True  # a lone " ." or "..."
-    if word.start_ms >= voiced_end_ms + HALLUCINATION_MARGIN_MS:
-        return True
-    # Whisper squeezes words it invents after the speech into zero length at the clip end.
-    return word.end_ms - word.start_ms <= 20 and word.start_ms >= voiced_end_ms - 300
-
-
-def _has_letters(text: str) -> bool:
-    return any(ch.isalnum() for ch in text)
-
-
-def assemble_final(decoded: Decoded, prefix: str, prefix_words: int, voiced_end_ms: int) -> tuple[str, list[Word]]:
-    """The final text of an item, guaranteed to start with the stable ``prefix`` already sent.
-
-    Trailing words that begin after the voice ended (Whisper's end-of-clip inventions, e.g. "Thank you.") are
-    dropped; they can never remove text that was already sent as stable.
-    """
-    words = list(decoded.words)
-    cut = len(words)
-    while cut > 0 and _invented(words[cut - 1], voiced_end_ms):
-        cut -= 1
-    words = words[:cut]
-    full = ("".join(w.text for w in words) if decoded.words else decoded.text).lstrip()
-    if not prefix:
-        return full.rstrip(), words
-    if full.startswith(prefix):
-        return prefix + full[len(prefix) :].rstrip(), words
-    if prefix.startswith(full):
-        return prefix, words
-    return prefix + "".join(_after_prefix(full, prefix, prefix_words)).rstrip(), words

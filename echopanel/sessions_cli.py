@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from echopanel.analysis.export import FORMATS, export
-from echopanel.config import Settings
+from echopanel.config import Settings, SettingsError
 from echopanel.storage.recording import delete_session_recordings
 from echopanel.storage.sqlite import SqliteStore
 
@@ -37,7 +37,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    data_dir = Settings.from_env(data_dir=args.data_dir).data_dir
+    try:
+        data_dir = Settings.from_env(data_dir=args.data_dir).data_dir
+    except SettingsError as exc:  # a bad ECHOPANEL_* variable: say which, and what it allows
+        print(f"echopanel sessions: {exc}", file=sys.stderr)
+        return 2
     db = data_dir / "echopanel.db"
     if not db.is_file():
         print(f"echopanel sessions: no session store in {data_dir}", file=sys.stderr)

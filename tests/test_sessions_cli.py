@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,14 @@ def test_list_show_export_delete(data_dir: Path, capsys: pytest.CaptureFixture[s
 def test_no_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sessions", "--data-dir", str(tmp_path), "list"]) == 1
     assert "no session store" in capsys.readouterr().err
+
+
+def test_a_bad_setting_is_refused_with_its_name(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "echopanel", "sessions", "--data-dir", str(tmp_path), "list"],
+        env={**os.environ, "ECHOPANEL_MAX_SESSIONS": "many"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "ECHOPANEL_MAX_SESSIONS" in out.stderr and "Traceback" not in out.stderr

@@ -83,6 +83,9 @@ class SpeechStream(Protocol):
     def set_prompt(self, prompt: str) -> None:
         """Text that guides the decoder from the next decode on (names, terms)."""
 
+    def set_language(self, language: str) -> None:
+        """The language of the next decodes on (one of the engine's ``capabilities.languages``)."""
+
     async def clear(self, skip: int = 0) -> None:
         """Drop the open utterance without transcribing it; then move the clock over ``skip`` samples (engine rate)
         of audio the session dropped unheard (``input_audio_buffer.clear`` of queued audio), so item times stay

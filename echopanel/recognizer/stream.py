@@ -114,6 +114,7 @@ class VadStreamingRecognizer:
         self._requests: deque[str | None] = deque()
         self._context = ""
         self._prompt = options.prompt
+        self._language = options.language
         self._gap_end: int | None = None
         self._events: asyncio.Queue[object] = asyncio.Queue(settings.event_queue_size)
         self._wake = asyncio.Event()
@@ -204,6 +205,9 @@ class VadStreamingRecognizer:
 
     def set_prompt(self, prompt: str) -> None:
         self._prompt = prompt
+
+    def set_language(self, language: str) -> None:
+        self._language = language
 
     async def clear(self, skip: int = 0) -> None:
         async with self._lock:
@@ -450,7 +454,7 @@ class VadStreamingRecognizer:
             context=context,
             beam_size=beam_size,
             expect_more=expect_more,
-            language=self._options.language,
+            language=self._language,
             priority=self._options.priority,
             key=f"{id(self):x}:{item}",
             primary_only=self._options.primary_only,

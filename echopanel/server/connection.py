@@ -175,7 +175,7 @@ class DialectConnection(ABC):
                     if command.prompt is not None:
                         session.set_prompt(source, command.prompt)
                 if command.language is not None:
-                    session.language = command.language
+                    session.set_language(command.language)
                 await self.outbox.put(SessionUpdated(session.id, session.language, command.event_id))
         except MarkersFull as exc:
             raise ProtocolError(

@@ -234,6 +234,12 @@ class Session:
     def set_prompt(self, source: str, prompt: str) -> None:
         self.sources[source].stream.set_prompt(prompt)
 
+    def set_language(self, language: str) -> None:
+        """Every source decodes in ``language`` from its next decode on (the dialects check it is supported)."""
+        self.language = language
+        for state in self.sources.values():
+            state.stream.set_language(language)
+
     def set_live(self, source: str, live: bool) -> None:
         """Live transcription on or off for one source (off: recorded only, repaired at finalization)."""
         self.sources[source].live = live

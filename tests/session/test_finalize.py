@@ -50,9 +50,10 @@ Script = list[tuple[int, int, str]]  # (start_ms, end_ms, text) per utterance
 class ScriptedStream(SpeechStream):
     """Emits the scripted utterances whose end the pushed audio has reached, like a recognizer would."""
 
-    def __init__(self, script: Script, options: StreamOptions) -> None:
+    def __init__(self, script: Script, options: StreamOptions, decode_s: float = 0.05) -> None:
         self.script = list(script)
         self.options = options
+        self.decode_s = decode_s
         self.samples = 0
         self.item = options.first_item
         self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
@@ -76,7 +77,7 @@ class ScriptedStream(SpeechStream):
             self.item += 1
             await self._events.put(SpeechStarted(n, start))
             await self._events.put(SpeechStopped(n, end))
-            await asyncio.sleep(0.05)  # the "decode"
+            await asyncio.sleep(self.decode_s)  # the "decode"
             words = tuple(Word(w, start, end, 0.9) for w in text.split()[:1])
             await self._events.put(TextFinal(n, text, start, end, words, "scripted", 1.0))
 
@@ -107,13 +108,14 @@ class ScriptedStream(SpeechStream):
 
 
 class ScriptedEngine(SpeechEngine):
-    def __init__(self, scripts: dict[str, Script]) -> None:
+    def __init__(self, scripts: dict[str, Script], decode_s: float = 0.05) -> None:
         self.capabilities = EngineCapabilities(name="scripted", model="none")
         self.policy = DecodePolicy()
         self.scripts = scripts
+        self.decode_s = decode_s
 
     def open_stream(self, options: StreamOptions) -> SpeechStream:
-        return ScriptedStream(self.scripts.get(options.source, []), options)
+        return ScriptedStream(self.scripts.get(options.source, []), options, self.decode_s)
 
 
 def settings(tmp: Path) -> Settings:
@@ -212,11 +214,12 @@ def phone_session(
     sources: list[str] | None = None,
     store: AsyncStore | None = None,
     level: Level = Level.NORMAL,
+    decode_s: float = 0.05,
     **overrides: Any,
 ) -> Session:
     """A started session whose ``source`` gets the phone call's scripted single-speaker stretches."""
     session = Session(
-        engine=ScriptedEngine({source: phone_turns()}),
+        engine=ScriptedEngine({source: phone_turns()}, decode_s),
         settings=settings(tmp_path).replace(**overrides),
         sources=sources or [source],
         sample_rate=sf.info(str(PHONE / "sample.wav")).samplerate,
@@ -275,7 +278,8 @@ async def test_live_labels_from_the_recording_and_final_relabel(tmp_path: Path, 
 
 async def test_a_label_not_ready_in_time_follows_as_speaker_updated(tmp_path: Path, speakers: SpeakerService) -> None:
     store = AsyncStore(SqliteStore(tmp_path / "db.sqlite"))
-    session = phone_session(tmp_path, speakers, "mic", store=store, speaker_wait_ms=0)
+    # Finals decoded at once (no scripted decode time): a label can never be ready by then, whatever the machine's load.
+    session = phone_session(tmp_path, speakers, "mic", store=store, speaker_wait_ms=0, decode_s=0.0)
     client = Client(session)
     try:
         await stream_phone(session, "mic")

@@ -1,13 +1,22 @@
-"""Stream PCM to a session at real-time pace (or as fast as the server accepts), collecting events."""
+"""Stream PCM to a session at real-time pace (or as fast as the server accepts), collecting events.
+
+``transcribe`` takes any ``LiveClient`` (the benchmarks use the plain one-connection client): it sends, then
+``session.close``, and folds events until the connection ends. ``transcribe_resilient`` takes a ``ResilientClient``
+(``echopanel.client.resilient``: buffer, reconnect, resume), with ``realtime`` paces at ``speed`` x real time, and
+ends with the client's ``close`` (the summary, across reconnects); ``echopanel transcribe`` uses it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from echopanel.client.live import LiveClient, TranscriptView
+
+if TYPE_CHECKING:  # resilient.py imports this module (it re-exports transcribe_resilient)
+    from echopanel.client.resilient import ResilientClient
 
 BYTES_PER_SAMPLE = 2
 
@@ -65,4 +74,47 @@ async def transcribe(
     )
     await client.close_session()
     await receiver
+    return view
+
+
+async def transcribe_resilient(
+    client: ResilientClient,
+    audio: Mapping[str, bytes],
+    *,
+    realtime: bool = True,
+    speed: float = 1.0,
+    chunk_ms: int = 40,
+    on_event: Callable[[dict[str, Any], TranscriptView], None] | None = None,
+    on_chunk: Callable[[str, int, float], None] | None = None,
+) -> TranscriptView:
+    """Send every source's audio (at ``speed`` x real time, or as fast as accepted), close, fold all events."""
+    view = TranscriptView()
+
+    async def receive() -> None:
+        async for ev in client.events():
+            view.apply(ev, time.monotonic())
+            if on_event is not None:
+                on_event(ev, view)
+
+    async def send(source: str, pcm: bytes) -> None:
+        step = client.sample_rate * chunk_ms // 1000 * BYTES_PER_SAMPLE
+        t0 = time.monotonic()
+        for offset in range(0, len(pcm), step):
+            if realtime:
+                due = t0 + offset / BYTES_PER_SAMPLE / client.sample_rate / speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await client.send_audio(source, pcm[offset : offset + step])
+            if on_chunk is not None:
+                on_chunk(source, offset // BYTES_PER_SAMPLE, time.monotonic())
+
+    receiver = asyncio.create_task(receive())
+    try:
+        await asyncio.gather(*(send(source, pcm) for source, pcm in audio.items()))
+        await client.close()
+        await receiver
+    finally:
+        if not receiver.done():
+            receiver.cancel()
     return view

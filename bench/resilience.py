@@ -48,8 +48,8 @@ from bench.common import (
 from echopanel.audio.convert import float_to_pcm16
 from echopanel.audio.wav import read_audio, read_pcm16
 from echopanel.client import LiveClient
-from echopanel.client.resilient import ResilientClient, transcribe_resilient
-from echopanel.client.stream import send_source
+from echopanel.client.resilient import ResilientClient
+from echopanel.client.stream import send_source, transcribe_resilient
 from echopanel.testing.proxy import ChaosProxy
 from echopanel.testing.server import ServerProcess, start_server
 

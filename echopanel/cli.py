@@ -120,8 +120,8 @@ async def _transcribe_async(args: argparse.Namespace) -> int:
         FatalConnectionError,
         ResilientClient,
         SessionLost,
-        transcribe_resilient,
     )
+    from echopanel.client.stream import transcribe_resilient
 
     sources = ["mic", "system"][: len(args.files)]
     audio = {source: read_pcm16(path) for source, path in zip(sources, args.files, strict=True)}

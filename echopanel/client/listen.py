@@ -22,13 +22,12 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
 
-from echopanel.client.capture import TARGET_RATE, CaptureError, DeviceCapture, open_captures
-from echopanel.client.listen_view import ListenView, final_line, print_summary
+from echopanel.client.capture import TARGET_RATE, CaptureError, open_captures
+from echopanel.client.listen_view import ListenView, SourceLink, final_line, print_summary
 from echopanel.client.listen_view import state_line as state_line
 from echopanel.client.live import ServerError
 from echopanel.client.resilient import (
@@ -65,23 +64,6 @@ def live_client(
         on_session_lost="new_session",
         on_state=on_state,
     )
-
-
-@dataclass
-class SourceLink:
-    """One source: its capture, and what the server says about it."""
-
-    capture: DeviceCapture
-    index: int
-    backpressure: str = "normal"
-    metrics: dict[str, Any] = field(default_factory=dict)
-    ended: bool = False
-    receiving: bool = False
-    warned_silence: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.capture.role
 
 
 def explain(exc: BaseException) -> str:
@@ -334,7 +316,7 @@ async def listen(
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
-    print_summary(console, listener)
+    print_summary(console, listener.summary)
     return code
 
 

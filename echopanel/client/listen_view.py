@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from echopanel.client.capture import DeviceCapture
 from echopanel.client.resilient import ConnectionStatus
-
-if TYPE_CHECKING:  # listen.py imports this module
-    from echopanel.client.listen import Listener, SourceLink
 
 
 def state_line(status: ConnectionStatus) -> str:
@@ -34,6 +33,24 @@ def state_line(status: ConnectionStatus) -> str:
     if status.state in ("live", "connecting"):
         return status.state
     return f"{status.state}: {status.message}" if status.message else status.state
+
+
+@dataclass
+class SourceLink:
+    """One source: its capture, and what the server says about it."""
+
+    capture: DeviceCapture
+    index: int
+    backpressure: str = "normal"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    ended: bool = False
+    receiving: bool = False
+    warned_silence: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.capture.role
+
 
 
 class ListenView:
@@ -127,8 +144,7 @@ def final_line(ev: dict[str, Any]) -> str:
     return f"[{s // 60:02d}:{s % 60:02d} {source}{who}]{flag} {ev.get('text', '').strip()}"
 
 
-def print_summary(console: Console, listener: Listener) -> None:
-    summary = listener.summary
+def print_summary(console: Console, summary: dict[str, Any] | None) -> None:
     if summary is None:
         return
     console.rule(f"summary {summary.get('session_id', '')}")

@@ -39,7 +39,8 @@ close, events, aclose); the per-source buffer is ``echopanel.client.buffer`` (``
 (``Sender``, ``CatchUp``), one per client; the connection supervisor (connect and reconnect loop, create or resume
 handshake, the receive loop, ``ConnectionStatus``, ``SessionLost``, ``FatalConnectionError``) is
 ``echopanel.client.supervisor`` (``SupervisedClient``, this client's base); ``transcribe_resilient`` is in
-``echopanel.client.stream``, next to ``transcribe``. The names are importable from here as well.
+``echopanel.client.stream``, next to ``transcribe``. The buffer, sender and supervisor names are importable from
+here as well.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ from echopanel.client.buffer import AudioBuffer
 from echopanel.client.reconnect import BACKOFF_BASE_S, BACKOFF_MAX_S, ReconnectPolicy
 from echopanel.client.sender import PACE_TICK_S as PACE_TICK_S
 from echopanel.client.sender import CatchUp, Sender
-from echopanel.client.stream import transcribe_resilient as transcribe_resilient
 from echopanel.client.supervisor import CLOSE_RESUMED_ELSEWHERE as CLOSE_RESUMED_ELSEWHERE
 from echopanel.client.supervisor import CLOSE_UNAUTHORIZED as CLOSE_UNAUTHORIZED
 from echopanel.client.supervisor import RETRY_CLOSE_CODES as RETRY_CLOSE_CODES

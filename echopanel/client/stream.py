@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from echopanel.client.live import LiveClient, TranscriptView
 
-if TYPE_CHECKING:  # resilient.py imports this module (it re-exports transcribe_resilient)
+if TYPE_CHECKING:
     from echopanel.client.resilient import ResilientClient
 
 BYTES_PER_SAMPLE = 2

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from echopanel.audio.wav import read_pcm16
-from echopanel.client.resilient import ConnectionStatus, ResilientClient, transcribe_resilient
+from echopanel.client.resilient import ConnectionStatus, ResilientClient
+from echopanel.client.stream import transcribe_resilient
 from echopanel.flow.breaker import BreakerSettings, BreakerState
 from echopanel.testing.proxy import ChaosProxy
 

@@ -19,7 +19,8 @@ import pytest
 from echopanel.audio.convert import float_to_pcm16
 from echopanel.audio.wav import read_audio
 from echopanel.client.live import TranscriptView
-from echopanel.client.resilient import ResilientClient, transcribe_resilient
+from echopanel.client.resilient import ResilientClient
+from echopanel.client.stream import transcribe_resilient
 from echopanel.evaluation import normalize
 from echopanel.testing.proxy import ChaosProxy
 

@@ -135,7 +135,7 @@ class SpeakerEncoder:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SpeakerEncoder:
-        """Load the packaged weights (or ``path``: a ``.npz`` like them, or resemblyzer's original ``.pt``); ~5 ms."""
+        """Load the packaged weights (or ``path``: a ``.npz`` like them, or resemblyzer's original ``.pt``); ~20 ms."""
         path = Path(path) if path is not None else default_weights_path()
         if path.suffix == ".pt":
             return cls(encoder_arrays_of_checkpoint(path))

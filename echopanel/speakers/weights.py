@@ -201,7 +201,7 @@ def check_encoder_arrays(arrays: dict[str, np.ndarray], origin: str | Path) -> d
 
 
 def load_encoder_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """The encoder's arrays from the packaged ``.npz`` (numpy only, no pickle), checked; ~5 ms."""
+    """The encoder's arrays from the packaged ``.npz`` (numpy only, no pickle), checked."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}

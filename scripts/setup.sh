@@ -23,19 +23,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-reference="requirements/speakers-reference.txt"
-stamp=".venv/.installed-$(basename "$lock" .txt)-$(sha256sum "$lock" "$reference" pyproject.toml | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(basename "$lock" .txt)-$(sha256sum "$lock" pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # Every dependency, the model packages included, is checked against the sha256 in the lock. The speaker
-  # encoder's weights are inside the package itself (echopanel/speakers/data): nothing more to install to run.
+  # encoder's weights are inside the package itself (echopanel/speakers/data): nothing more to install.
   .venv/bin/python -m pip install --quiet --require-hashes -r "$lock"
-  if [ "${1:-runtime}" = test ]; then
-    # Tests only: the ORIGINAL speaker weights (resemblyzer's pretrained.pt), the reference the packaged ones are
-    # checked against (tests/speakers/test_packaged_weights.py). Pinned by hash; without its dependencies, which
-    # pull a multi-GB torch.
-    .venv/bin/python -m pip install --quiet --no-deps --require-hashes -r "$reference"
-  fi
   .venv/bin/python -m pip install --quiet --no-deps -e .
   touch "$stamp"
 fi

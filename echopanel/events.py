@@ -220,6 +220,16 @@ class Limits:
 
 
 @dataclass(slots=True, frozen=True)
+class Features:
+    """Which optional parts serve a session: live speaker labels, the fallback engine (its name; None: none), the
+    session store (its kind; None: nothing is stored). Also in ``/ready`` and the server's ready line."""
+
+    speakers: bool
+    fallback: str | None
+    store: str | None
+
+
+@dataclass(slots=True, frozen=True)
 class SessionInfo:
     """What a session is: sent in ``session.created`` (again on resume)."""
 
@@ -232,6 +242,7 @@ class SessionInfo:
     engine: str
     resume_token: str
     limits: Limits
+    features: Features
 
 
 @dataclass(slots=True, frozen=True)

@@ -272,6 +272,11 @@ def session_wire(ev: SessionCreated) -> dict[str, Any]:
             "max_sources": lim.max_sources,
             "resume_grace_ms": lim.resume_grace_ms,
         },
+        "features": {
+            "speakers": info.features.speakers,
+            "fallback": info.features.fallback,
+            "store": info.features.store,
+        },
     }
 
 

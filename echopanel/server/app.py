@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 from echopanel import __version__
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
+from echopanel.events import Features
 from echopanel.flow.admission import Admission
 from echopanel.metrics import ServerMetrics
 from echopanel.server.context import ServerContext
@@ -28,6 +30,13 @@ from echopanel.storage.store import AsyncStore
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the live panel (echopanel/web, shipped as package data)
 
 
+def server_features(engine: SpeechEngine, store: AsyncStore | None, speakers: SpeakerService | None) -> Features:
+    """The optional parts this server runs with (``/ready``, the ready line; each session says its own)."""
+    status = engine.status()  # a chain names its fallback engines beside the primary
+    fallback = next((name for name in status.breakers or {} if name != status.primary), None)
+    return Features(speakers=speakers is not None, fallback=fallback, store="sqlite" if store is not None else None)
+
+
 def create_app(
     engine: SpeechEngine,
     settings: Settings,
@@ -38,6 +47,7 @@ def create_app(
 ) -> Starlette:
     admission = Admission(settings.max_sessions)
     metrics = controller.metrics if controller is not None else ServerMetrics()
+    features = server_features(engine, store, speakers)
 
     async def index(request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -53,6 +63,7 @@ def create_app(
             "model": caps.model,
             "sessions": admission.active,
             "max_sessions": admission.max_sessions,
+            "features": dataclasses.asdict(features),
         }
         return JSONResponse(body, status_code=200 if admission.capacity_left > 0 else 503)
 

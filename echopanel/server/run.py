@@ -20,7 +20,7 @@ from echopanel.flow.breaker import BreakerSettings
 from echopanel.flow.ladder import DegradeLadder
 from echopanel.metrics import ServerMetrics
 from echopanel.server import memory
-from echopanel.server.app import create_app
+from echopanel.server.app import create_app, server_features
 from echopanel.server.controller import FlowController
 from echopanel.server.faults import fault_routes
 from echopanel.speakers.live import SpeakerService
@@ -112,13 +112,17 @@ async def serve(settings: Settings) -> None:
             raise SystemExit("server failed to start")
         await asyncio.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
+    features = server_features(engine, store, speakers)  # what /ready and session.created say too
     log.info(
-        "EchoPanel ready: ws://%s:%d/v1/live engine=%s model=%s fallback=%s workers=%d auth=%s startup=%.1fs",
+        "EchoPanel ready: ws://%s:%d/v1/live engine=%s model=%s fallback=%s speakers=%s store=%s workers=%d auth=%s "
+        "startup=%.1fs",
         settings.host,
         port,
         engine.capabilities.name,
         engine.capabilities.model,
-        settings.fallback_engine,
+        features.fallback or "off",
+        "on" if features.speakers else "off",
+        features.store or "off",
         settings.inference_workers,
         "token" if settings.token else "off",
         time.monotonic() - started,
@@ -143,8 +147,10 @@ def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerServ
     if interrupted:
         log.info("marked %d sessions left active by a previous run as interrupted", len(interrupted))
     speakers = None
-    if settings.speakers:
+    if settings.speakers:  # missing or unreadable weights: a WARNING says why, and labels are off
         speakers = SpeakerService.load(workers=settings.speaker_workers, max_pending=settings.speaker_max_pending)
+    else:
+        log.info("speaker labels off: ECHOPANEL_SPEAKERS is false")
     return AsyncStore(store), speakers
 
 

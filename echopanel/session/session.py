@@ -33,6 +33,7 @@ from echopanel.engines.base import SpeechEngine, StreamOptions, TurnSettings
 from echopanel.events import (
     Degraded,
     ErrorEvent,
+    Features,
     ItemFailed,
     Limits,
     RequestCompleted,
@@ -152,6 +153,13 @@ class Session:
             resume_grace_ms=int(s.resume_grace_s * 1000),
         )
         caps = self.engine.capabilities
+        status = self.engine.status()  # a chain names its fallback engines beside the primary
+        fallback = next((name for name in status.breakers or {} if name != status.primary), None)
+        features = Features(
+            speakers=any(state.speakers is not None for state in self.sources.values()),
+            fallback=fallback,
+            store="sqlite" if self.store is not None else None,
+        )
         return SessionInfo(
             self.id,
             tuple(self.sources),
@@ -162,6 +170,7 @@ class Session:
             caps.name,
             self.resume_token,
             limits,
+            features,
         )
 
     def start(self) -> None:

@@ -1,9 +1,11 @@
 """Speaker embeddings: resemblyzer's GE2E d-vector encoder, run in numpy (no torch).
 
-The weights are ``resemblyzer/pretrained.pt`` from the PyPI package ``resemblyzer==0.1.4`` (installed with
-``--no-deps``; see ``requirements/speakers-nodeps.txt``). The network: 3-layer LSTM 40->256, the last layer's final
-hidden state through Linear 256->256 and ReLU, L2-normalised. Input: 40-band slaney mel power frames (not log) of
-16 kHz audio, 25 ms Hann window, 10 ms step, as librosa computes them (same filters as faster-whisper's).
+The weights are resemblyzer's (``resemblyzer/pretrained.pt`` of the PyPI package ``resemblyzer==0.1.4``,
+Apache-2.0), shipped inside this package as ``echopanel/speakers/data/ge2e.npz`` (float32, the same values; made once
+by ``scripts/convert_speaker_weights.py``; licence and notice beside it): a plain install has them. The network:
+3-layer LSTM 40->256, the last layer's final hidden state through Linear 256->256 and ReLU, L2-normalised. Input:
+40-band slaney mel power frames (not log) of 16 kHz audio, 25 ms Hann window, 10 ms step, as librosa computes them
+(same filters as faster-whisper's).
 
 ``SpeakerEncoder.embed`` follows resemblyzer's ``embed_utterance``: raise the volume to -30 dBFS if quieter, cut the
 utterance into 1.6 s partial windows at 1.3 per second, embed each and L2-normalise their mean. It skips
@@ -17,7 +19,6 @@ run one sequence at a time (gemv) for small batches because OpenBLAS repacks the
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy.typing as npt
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from echopanel.speakers.blas import single_thread_blas
-from echopanel.speakers.weights import load_legacy_checkpoint
+from echopanel.speakers.weights import encoder_arrays_of_checkpoint, load_encoder_arrays
 
 F32 = npt.NDArray[np.float32]
 
@@ -47,17 +48,16 @@ _WINDOW = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.f
 _MEL_FILTERS = FeatureExtractor.get_mel_filters(SAMPLE_RATE, N_FFT, n_mels=N_MELS).astype(np.float32)  # (40, 201)
 
 
+WEIGHTS = Path(__file__).resolve().parent / "data" / "ge2e.npz"  # package data (pyproject.toml)
+
+
 def default_weights_path() -> Path:
-    """``pretrained.pt`` inside the installed resemblyzer package (found without importing it: it imports torch)."""
-    spec = importlib.util.find_spec("resemblyzer")
-    if spec is None or not spec.submodule_search_locations:
+    """The packaged encoder weights, ``echopanel/speakers/data/ge2e.npz``; FileNotFoundError if the install lacks it."""
+    if not WEIGHTS.is_file():
         raise FileNotFoundError(
-            "resemblyzer is not installed: pip install --no-deps --require-hashes -r requirements/speakers-nodeps.txt"
+            f"the speaker encoder weights are missing from this install of echopanel ({WEIGHTS}): reinstall it"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no speaker encoder weights at {path}")
-    return path
+    return WEIGHTS
 
 
 def normalize_volume(audio: F32, target_dbfs: float = TARGET_DBFS) -> F32:
@@ -135,9 +135,11 @@ class SpeakerEncoder:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SpeakerEncoder:
-        """Load resemblyzer's ``pretrained.pt`` (the installed package's unless ``path`` is given); ~15 ms."""
-        state = load_legacy_checkpoint(path or default_weights_path(), select="model_state")
-        return cls(state)
+        """Load the packaged weights (or ``path``: a ``.npz`` like them, or resemblyzer's original ``.pt``); ~20 ms."""
+        path = Path(path) if path is not None else default_weights_path()
+        if path.suffix == ".pt":
+            return cls(encoder_arrays_of_checkpoint(path))
+        return cls(load_encoder_arrays(path))
 
     def forward(self, mels: F32) -> F32:
         """Embeddings (batch, 256), L2-normalised, of a batch of mel windows (batch, frames, 40)."""

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from echopanel.metrics import percentile
 from echopanel.speakers.embedding import SpeakerEncoder, default_weights_path
 from echopanel.speakers.tracker import SpeakerTracker, SpeakerTurn, main_speaker
+from echopanel.speakers.weights import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,14 @@ class SpeakerService:
 
     @classmethod
     def load(cls, *, workers: int = 1, max_pending: int = 32) -> SpeakerService | None:
-        """The service with the packaged weights, or None (labels off, logged) when they are not installed."""
+        """The service with the packaged weights, or None (labels off, with a WARNING saying why) when they are
+        missing from the install or unreadable."""
         try:
-            path = default_weights_path()
-        except FileNotFoundError as exc:
+            encoder = SpeakerEncoder.load(default_weights_path())
+        except (FileNotFoundError, CheckpointError) as exc:
             log.warning("speaker labels off: %s", exc)
             return None
-        return cls(SpeakerEncoder.load(path), workers=workers, max_pending=max_pending)
+        return cls(encoder, workers=workers, max_pending=max_pending)
 
     def record_cost(self, cost: SpeakerCost) -> None:
         self.costs.append(cost)

@@ -1,4 +1,11 @@
-"""Read a legacy (non-zip) torch checkpoint with plain Python: no torch, and no code run from the file.
+"""The speaker encoder's weights: the packaged ``.npz`` the runtime loads, and the reader of the original checkpoint.
+
+The package ships ``echopanel/speakers/data/ge2e.npz``: exactly the arrays ``ENCODER_ARRAYS`` names, float32, made
+once from resemblyzer's ``pretrained.pt`` by ``scripts/convert_speaker_weights.py`` (licence and notice beside it).
+``load_encoder_arrays`` reads it with numpy alone (no pickle) and checks every name, shape and dtype.
+
+The original is a legacy (non-zip) torch checkpoint, read here with plain Python: no torch, and no code run from the
+file.
 
 A legacy ``torch.save`` file is five pickles and then raw bytes: magic number, protocol version, system info, the
 object (tensors refer to storages by persistent id), the list of storage keys, then for each key in that order an
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +38,23 @@ _STORAGE_DTYPES: dict[str, np.dtype[Any]] = {
     "CharStorage": np.dtype("i1"),
     "ByteStorage": np.dtype("u1"),
     "BoolStorage": np.dtype("?"),
+}
+
+
+# The arrays the encoder needs (torch's names, shapes as in the checkpoint): a 3-layer LSTM 40->256, then Linear.
+ENCODER_ARRAYS: dict[str, tuple[int, ...]] = {
+    **{
+        name: shape
+        for n in range(3)
+        for name, shape in (
+            (f"lstm.weight_ih_l{n}", (1024, 40 if n == 0 else 256)),
+            (f"lstm.weight_hh_l{n}", (1024, 256)),
+            (f"lstm.bias_ih_l{n}", (1024,)),
+            (f"lstm.bias_hh_l{n}", (1024,)),
+        )
+    },
+    "linear.weight": (256, 256),
+    "linear.bias": (256,),
 }
 
 
@@ -160,3 +185,34 @@ def load_legacy_checkpoint(path: str | Path, select: str | None = None) -> Any:
         keep = {r.storage.key for r in _tensor_refs(obj)}
         storages = _read_storages(f, [str(k) for k in keys], known, keep)
     return _materialise(obj, storages)
+
+
+def check_encoder_arrays(arrays: dict[str, np.ndarray], origin: str | Path) -> dict[str, np.ndarray]:
+    """``arrays`` if they are exactly ``ENCODER_ARRAYS`` (names, shapes, float32), else ``CheckpointError``."""
+    if set(arrays) != set(ENCODER_ARRAYS):
+        missing = sorted(set(ENCODER_ARRAYS) - set(arrays))
+        extra = sorted(set(arrays) - set(ENCODER_ARRAYS))
+        raise CheckpointError(f"{origin}: not the speaker encoder's arrays (missing {missing}, unexpected {extra})")
+    for name, shape in ENCODER_ARRAYS.items():
+        a = arrays[name]
+        if a.shape != shape or a.dtype != np.float32:
+            raise CheckpointError(f"{origin}: {name} is {a.dtype}{list(a.shape)}, expected float32{list(shape)}")
+    return arrays
+
+
+def load_encoder_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The encoder's arrays from the packaged ``.npz`` (numpy only, no pickle), checked."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:  # truncated, not a zip, a pickled object inside
+        raise CheckpointError(f"{path}: unreadable speaker weights ({exc})") from exc
+    return check_encoder_arrays(arrays, path)
+
+
+def encoder_arrays_of_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+    """The encoder's arrays from resemblyzer's original ``pretrained.pt`` (its ``model_state``), checked."""
+    state = load_legacy_checkpoint(path, select="model_state")
+    return check_encoder_arrays({name: state[name] for name in ENCODER_ARRAYS if name in state}, path)

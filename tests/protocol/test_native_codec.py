@@ -14,6 +14,7 @@ from echopanel.events import (
     Committed,
     Degraded,
     ErrorEvent,
+    Features,
     ItemFailed,
     Latency,
     Limits,
@@ -210,6 +211,7 @@ INFO = SessionInfo(
     "whisper",
     "tok",
     Limits(1 << 20, 4000, 2000, "shed", 15000, 4, 30000),
+    Features(speakers=True, fallback="pocketsphinx", store="sqlite"),
 )
 
 
@@ -309,6 +311,7 @@ def test_replies() -> None:
             "max_message_bytes": 1 << 20, "mic_queue_ms": 4000, "system_queue_ms": 2000, "overflow": "shed",
             "max_utterance_ms": 15000, "max_sources": 4, "resume_grace_ms": 30000,
         },
+        "features": {"speakers": True, "fallback": "pocketsphinx", "store": "sqlite"},
     }  # fmt: skip
     resumed = one(SessionCreated(INFO, None, resumed=True, received_ms={"mic": 1200, "system": 900}))
     assert resumed["resumed"] is True and resumed["received_ms"] == {"mic": 1200, "system": 900}

@@ -31,6 +31,7 @@ from echopanel.events import (
     Committed,
     Degraded,
     ErrorEvent,
+    Features,
     ItemFailed,
     Limits,
     Pong,
@@ -55,8 +56,9 @@ from echopanel.protocol.openai_realtime import OpenAICodec
 
 SDK = TypeAdapter(RealtimeServerEvent)
 INFO = SessionInfo(
-    "sess_1", ("mic",), 24000, "en", True, "tiny.en", "whisper", "tok", Limits(1, 1, 1, "block", 1, 1, 1)
-)
+    "sess_1", ("mic",), 24000, "en", True, "tiny.en", "whisper", "tok", Limits(1, 1, 1, "block", 1, 1, 1),
+    Features(speakers=False, fallback=None, store=None),
+)  # fmt: skip
 
 
 def parse(c: OpenAICodec, event: dict[str, Any]) -> cmd.Command:

@@ -157,10 +157,14 @@ async def test_fast_sender_is_pushed_back_and_queue_stays_bounded(server: Server
 
 
 async def test_health_and_ready(server: ServerProcess) -> None:
+    everything = {"speakers": True, "fallback": "pocketsphinx", "store": "sqlite"}  # a default server has every part
     async with httpx.AsyncClient(base_url=server.http) as http:
         assert (await http.get("/health")).json()["status"] == "ok"
         ready = (await http.get("/ready")).json()
         assert ready["status"] == "ready" and ready["engine"] == "whisper"
+        assert ready["features"] == everything
+    async with LiveClient(server.url, sources=["mic"]) as client:
+        assert client.session["features"] == everything
 
 
 async def test_many_sessions_at_once(server: ServerProcess) -> None:

@@ -1,16 +1,15 @@
-"""The speaker encoder, loaded once; its tests skip when the weights package is not installed."""
+"""The speaker encoder, loaded once from the packaged weights (echopanel/speakers/data/ge2e.npz).
+
+No skip when they are missing: they ship inside the package, so a missing file is a failure of the package.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from echopanel.speakers.embedding import SpeakerEncoder, default_weights_path
+from echopanel.speakers.embedding import SpeakerEncoder
 
 
 @pytest.fixture(scope="session")
 def encoder() -> SpeakerEncoder:
-    try:
-        default_weights_path()
-    except FileNotFoundError as exc:
-        pytest.skip(f"speaker weights missing: {exc}")
     return SpeakerEncoder.load()

@@ -22,7 +22,13 @@ from echopanel.speakers.embedding import (
     normalize_volume,
     partial_starts,
 )
-from echopanel.speakers.weights import LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, load_legacy_checkpoint
+from echopanel.speakers.weights import (
+    LEGACY_MAGIC,
+    LEGACY_PROTOCOL,
+    CheckpointError,
+    load_encoder_arrays,
+    load_legacy_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +113,8 @@ def test_no_torch_needed(encoder: SpeakerEncoder) -> None:
     assert "librosa" not in sys.modules
 
 
-def test_weights_are_read_without_running_code(encoder: SpeakerEncoder) -> None:
-    state = load_legacy_checkpoint(default_weights_path(), select="model_state")
+def test_packaged_weights_are_read_without_pickle(encoder: SpeakerEncoder) -> None:
+    state = load_encoder_arrays(default_weights_path())  # np.load(allow_pickle=False)
     assert state["lstm.weight_ih_l0"].shape == (1024, 40)
     assert state["lstm.weight_hh_l2"].shape == (1024, 256)
     assert state["linear.weight"].shape == (256, 256)

@@ -103,7 +103,7 @@ class Sender:
             if held_back:  # a paced catch-up: more credit comes with time
                 try:
                     await asyncio.wait_for(self.wake.wait(), PACE_TICK_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             else:
                 await self.wake.wait()
@@ -122,7 +122,7 @@ class Sender:
             self.wake.set()
             try:
                 await asyncio.wait_for(self.progress.wait(), 2 * PACE_TICK_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _pump(self) -> bool:

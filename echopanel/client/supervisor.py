@@ -289,7 +289,7 @@ class SupervisedClient(LiveClient):
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else 1006
                 reason = f"connection lost (close {code})"
-            except (OSError, TimeoutError, asyncio.TimeoutError, InvalidHandshake) as exc:
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
                 reason = f"server unreachable ({exc or type(exc).__name__})"
             else:
                 self.policy.succeeded(self.clock())

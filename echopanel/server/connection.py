@@ -193,7 +193,7 @@ class DialectConnection(ABC):
         while True:
             try:
                 msg = await asyncio.wait_for(self.ws.receive(), self.settings.idle_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.info("connection idle for %.0f s: ending it", self.settings.idle_timeout_s)
                 await self.on_idle()
                 return
@@ -253,7 +253,7 @@ class DialectConnection(ABC):
         self.slow_client = True
         try:
             await asyncio.wait_for(self.ws.close(CloseCode.POLICY, reason="client not reading"), 1.0)
-        except (asyncio.TimeoutError, RuntimeError, OSError):
+        except (TimeoutError, RuntimeError, OSError):
             pass
         if self._reader is not None:
             self._reader.cancel()
@@ -263,7 +263,7 @@ class DialectConnection(ABC):
         self.failed = True
         try:
             await asyncio.wait_for(self.ws.close(CloseCode.SERVER_ERROR, reason="internal error"), 1.0)
-        except (asyncio.TimeoutError, RuntimeError, OSError):
+        except (TimeoutError, RuntimeError, OSError):
             pass
         if self._reader is not None:
             self._reader.cancel()
@@ -279,7 +279,7 @@ class DialectConnection(ABC):
                 try:
                     text = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
                     await asyncio.wait_for(self.ws.send_text(text), self.settings.send_timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.outbox.put_front(item)  # not delivered: kept for a resume
                     await self._cut_off_slow_client()
                     return

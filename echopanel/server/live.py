@@ -168,7 +168,7 @@ class LiveConnection(DialectConnection):
         self.evicted = True
         try:
             await asyncio.wait_for(self.ws.close(CloseCode.RESUMED_ELSEWHERE, reason="session resumed elsewhere"), 1.0)
-        except (asyncio.TimeoutError, RuntimeError, OSError):
+        except (TimeoutError, RuntimeError, OSError):
             pass
         if self._reader is not None:
             self._reader.cancel()

@@ -329,7 +329,7 @@ class Session:
                         self._notice(state)
                         try:
                             await asyncio.wait_for(state.changed.wait(), LEVEL_RECHECK_S)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             pass
                 entry = queue.pop()
                 if isinstance(entry, Marker):

@@ -47,10 +47,10 @@ async def open_ws(url: str) -> ClientConnection:
 
 
 async def recv_until(
-    ws: ClientConnection, kind: str, timeout: float = 30
+    ws: ClientConnection, kind: str, within_s: float = 30
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within_s):
         while True:
             ev = json.loads(await ws.recv())
             seen.append(ev)
@@ -136,7 +136,7 @@ async def test_finals_produced_while_detached_are_delivered_on_resume(resume_ser
         await ws.send(json.dumps({"type": "session.create", "resume": resume}))
         resumed, _ = await recv_until(ws, "session.created")
         assert resumed["received_ms"]["mic"] == len(speech(S0870)) // 32  # nothing to resend
-        done, _ = await recv_until(ws, "response.done", timeout=10)
+        done, _ = await recv_until(ws, "response.done", within_s=10)
         assert wer(librivox_refs()[S0870], done["text"]) <= 0.1
         await ws.send(json.dumps({"type": "session.close"}))
         await drain(ws)

@@ -84,10 +84,10 @@ class InferenceScheduler(WorkerPool[Callable[[], Any], Any]):
 
     def final_wait_p95(self, since: float) -> float:
         """p95 wait of the finals that ended since ``since`` (0 if none): the flow controller's load signal."""
-        return percentile(self.waits_since(JobKind.FINAL, since), 0.95) or 0.0
+        return percentile(self.waits_since(JobKind.FINAL, since), 0.95, method="lower") or 0.0  # the ladder's rule
 
     def partial_wait_p95(self, since: float) -> float:
-        return percentile(self.waits_since(JobKind.PARTIAL, since), 0.95) or 0.0
+        return percentile(self.waits_since(JobKind.PARTIAL, since), 0.95, method="lower") or 0.0
 
     def _watch(self) -> None:
         """Abandon jobs running past their time limit; ``abandon`` replaces their worker threads."""

@@ -111,13 +111,14 @@ async def test_a_job_within_its_limit_is_not_abandoned() -> None:
         sched.stop()
 
 
-def test_wait_p95_is_the_interpolated_percentile_of_the_window() -> None:
-    """The degrade ladder's load signal: p95 of the waits of jobs that ended in the window, numpy's "linear" rule."""
+def test_wait_p95_is_the_lower_percentile_of_the_window() -> None:
+    """The degrade ladder's load signal: p95 of the waits of jobs that ended in the window, numpy's "lower" rule
+    (the one the ladder's thresholds were tuned on; echopanel/metrics.py says what "linear" did to it)."""
     sched = InferenceScheduler(workers=1)
     waits = [0.1, 0.2, 0.3, 0.4, 1.0]
     sched.final_waits.append((10.0, 9.0))  # ended before the window: not counted
     sched.final_waits.extend((100.0 + i, w) for i, w in enumerate(waits))
-    assert sched.final_wait_p95(since=50.0) == pytest.approx(float(np.percentile(waits, 95)))  # 0.88
+    assert sched.final_wait_p95(since=50.0) == pytest.approx(float(np.percentile(waits, 95, method="lower")))  # 0.4
     assert sched.partial_wait_p95(since=0.0) == 0.0  # no partials: no wait
 
 
@@ -125,6 +126,9 @@ def test_one_percentile_rule() -> None:
     values = list(np.random.default_rng(1).random(37))
     for q in (0.0, 0.05, 0.5, 0.95, 1.0):
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q * 100)))
+        assert percentile(values, q, method="lower") == float(np.percentile(values, q * 100, method="lower"))
     assert percentile([3.0], 0.95) == 3.0 and percentile([], 0.5) is None
     with pytest.raises(ValueError):
         percentile(values, 95)  # a fraction, not a percentage
+    with pytest.raises(ValueError):
+        percentile(values, 0.5, method="nearest")

@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     resume_grace_s: NonNegativeFloat = 30.0  # a dropped connection's session waits this long for its client
     resume_replay_s: NonNegativeFloat = 30.0  # on resume, finals written this long before the drop are sent again
     fault_injection: bool = False  # tests and demos only: POST /faults makes engines fail, hang or die
+    memory_debug: bool = False  # diagnostics only: tracemalloc on, GET /debug/memory (docs/behaviour.md)
     # Speakers and the session store (docs/behaviour.md): labels, finals written as they land, retention.
     speakers: bool = True  # live speaker labels (off when False, or when the encoder weights are not installed)
     speaker_workers: PositiveInt = 1  # threads that embed and cluster utterances, shared by all sessions

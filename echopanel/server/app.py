@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,12 +21,16 @@ from echopanel.flow.admission import Admission
 from echopanel.metrics import ServerMetrics
 from echopanel.server.context import ServerContext
 from echopanel.server.controller import FlowController
+from echopanel.server.debug import memory_routes
 from echopanel.server.live import live_endpoint
+from echopanel.server.memory import HeapProfile
 from echopanel.server.realtime import realtime_endpoint
 from echopanel.server.resume import ResumeRegistry
 from echopanel.server.sessions_api import session_routes
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.store import AsyncStore
+
+log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the live panel (echopanel/web, shipped as package data)
 
@@ -83,6 +88,9 @@ def create_app(
             *session_routes(),
         ]
     )
+    if settings.memory_debug:  # diagnostics: tracemalloc from here on, the baseline before any session
+        log.warning("memory debug is on: tracemalloc traces every Python allocation; GET /debug/memory")
+        app.router.routes.extend(memory_routes(HeapProfile()))
     registry = ResumeRegistry(settings, metrics, controller)  # detached sessions (resume)
     app.state.context = ServerContext(settings, engine, admission, metrics, registry, controller, store, speakers)
     app.state.settings = settings  # the HTTP routes' view (sessions API)

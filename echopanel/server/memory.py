@@ -10,6 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+import time
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +52,77 @@ def trim() -> None:
     lib = _glibc()
     if lib is not None:
         lib.malloc_trim(0)
+
+
+# -- heap profile (diagnostics; ``memory_debug`` only) ---------------------------------------------------------------
+
+
+class HeapProfile:
+    """Python allocations by where they were made (``tracemalloc``), and how much each place grew since a baseline.
+
+    Started with the server when ``memory_debug`` is on (``ECHOPANEL_MEMORY_DEBUG=1``): tracing costs CPU and memory
+    of its own, so it is never on by default. Numpy arrays are traced (numpy reports to tracemalloc); native
+    allocations (CTranslate2, onnxruntime) are not: compare ``traced_mb`` with ``rss_mb``.
+    """
+
+    def __init__(self, frames: int = 6) -> None:
+        import tracemalloc
+
+        self._tm = tracemalloc
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(frames)
+        self.reset()
+
+    def reset(self) -> None:
+        self._baseline = self._snapshot()
+        self._baseline_at = time.monotonic()
+
+    def _snapshot(self) -> Any:
+        tm = self._tm
+        snap = tm.take_snapshot()
+        return snap.filter_traces(
+            (
+                tm.Filter(False, tm.__file__),
+                tm.Filter(False, "<frozen importlib._bootstrap*>"),
+                tm.Filter(False, "<unknown>"),
+            )
+        )
+
+    def report(self, top: int = 15, group: str = "lineno") -> dict[str, Any]:
+        """The ``top`` places whose allocations grew most since the baseline (blocking: run it off the loop)."""
+        snap = self._snapshot()
+        stats = snap.compare_to(self._baseline, "traceback" if group == "traceback" else "lineno")
+        stats.sort(key=lambda s: s.size_diff, reverse=True)
+        current, _peak = self._tm.get_traced_memory()
+        return {
+            "rss_mb": round(rss_bytes() / 2**20, 1),
+            "traced_mb": round(current / 2**20, 1),
+            "baseline_age_s": round(time.monotonic() - self._baseline_at, 1),
+            "top": [
+                {
+                    "where": " <- ".join(f"{_short(f.filename)}:{f.lineno}" for f in reversed(s.traceback))
+                    if group == "traceback"
+                    else f"{_short(s.traceback[0].filename)}:{s.traceback[0].lineno}",
+                    "size_kb": round(s.size / 1024, 1),
+                    "count": s.count,
+                    "growth_kb": round(s.size_diff / 1024, 1),
+                }
+                for s in stats[:top]
+            ],
+        }
+
+
+def _short(path: str) -> str:
+    for marker in ("/site-packages/", "/echopanel/"):
+        if marker in path:
+            return ("echopanel/" if marker == "/echopanel/" else "") + path.split(marker, 1)[1]
+    return path
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux: /proc/self/statm; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,30 +1,68 @@
-"""Long-session soak: server memory and per-utterance cost over one long live session.
+"""Long-session soak: server memory and per-utterance cost over long live sessions.
 
 What it measures
-    One session, one source "mic", fed a long stream (default 30 minutes of audio) built by looping real speech from
-    tests/fixtures/audio (the five LibriVox sentences, the five card readings, the 30 s phone call) with 0.5-1.5 s
-    of silence between clips (seeded, so every run streams the same audio). The audio is sent as fast as the server
-    takes it (``transcribe(realtime=False)``, like ``echopanel transcribe --fast``): the session asks for
-    ``overflow="block"`` so the server pushes back through TCP instead of shedding audio.
+    One session (or ``--sessions N`` back to back on one server) fed a long stream (default 30 minutes of audio)
+    built from real speech in tests/fixtures/audio (the five LibriVox sentences, the five card readings, the 30 s
+    phone call), seeded, so every run streams the same audio:
 
-    While streaming, the server process RSS (psutil, children included) is sampled every ~2 s together with how much
-    audio has been sent and how much has been transcribed (``end_ms`` of the latest ``response.done``). The
-    per-minute RSS and "after the first audio minute" use the transcribed position: on loopback the kernel socket
-    buffers (tcp_rmem up to 32 MB here) take several minutes of 16 kHz audio before TCP pushes back, so the sent
-    position runs minutes ahead of the server. For every ``response.done`` the bench keeps its ``compute_ms``, its
-    audio duration (``end_ms - start_ms``) and its position (minute of audio, from ``start_ms``).
+    - ``--sources 1`` (default): one source "mic", the clips in order, looped, with 0.5-1.5 s of silence between.
+    - ``--sources 2``: a call, sources "mic" and "system" taking turns: a turn is one or two clips picked at random
+      from the same pool (never the clip just heard), the other source silent meanwhile; the other side answers
+      0.3-1.5 s after a turn ends, or (one turn in four) cuts in 0.3-1.5 s before it ends, so both talk at once
+      for a moment. Each source talks about half the time (the report prints the shares and the overlap); the two
+      streams are different audio at every moment, never a copy.
 
-    Printed: a table per audio minute (RSS, finals, mean compute_ms per utterance, compute ms per second of audio,
-    WER of that minute's finals), then a summary: RSS after the first audio minute, the maximum afterwards and the
-    growth (target <= 50 MB), per-utterance cost in the first vs the last 5 minutes (ratio, should be ~1), the WER
-    of the first vs the last 5 minutes, the delta contract (for every item the concatenated deltas equal the final
-    text; ``TranscriptView.violations``), server error events, backpressure notices and repaired items.
+    The audio is sent as fast as the server takes it (``transcribe(realtime=False)``, like ``echopanel transcribe
+    --fast``): the session asks for ``overflow="block"`` so the server pushes back through TCP instead of shedding.
+
+    The server process RSS (psutil, children included) is sampled once before the session opens (idle: for the
+    first session the fresh server, for later ones what the previous close left), every ~2 s while streaming, and
+    after close: right away and every 5 s until 35 s later (the server returns free heap to the OS every 30 s, so
+    the last, "settled", sample comes after at least one trim). Each sample keeps how much audio has been sent and
+    how much transcribed (``end_ms`` of the latest ``response.done``, any source). RSS figures use the transcribed
+    position: on loopback the kernel socket buffers (tcp_rmem up to 32 MB here) take several minutes of 16 kHz
+    audio before TCP pushes back, so the sent position runs minutes ahead of the server. For every
+    ``response.done`` the bench keeps its source, ``compute_ms``, audio duration (``end_ms - start_ms``) and
+    position (minute of audio, from ``start_ms``).
+
+    Printed per session: a table per audio minute (per 10 minutes from 120 minutes of audio; ``--table-every``):
+    max RSS, finals (per source), mean compute_ms per utterance and compute ms per second of audio (over every
+    source), WER (over every source, and per source with two); then a summary:
+    - RSS idle, after the first audio minute, the maximum afterwards and the growth (target <= 50 MB);
+    - the RSS slope after minute 10 (least squares of RSS against transcribed audio minutes over the samples at
+      or after minute 10, in MB per hour; issue 16 target <= 5) and the growth after minute 10 (max RSS after
+      minute 10 minus the RSS at minute 10; target <= 30 MB); n/a for runs shorter than 10 minutes
+      (``--slope-from-min``);
+    - the RSS right after close and settled (35 s later), each also as the difference from idle;
+    - per-utterance cost and WER in the first vs the last 5 minutes (ratio, should be ~1); from 120 minutes of
+      audio also the first vs the last hour (issue 16 target: ratio <= 1.1x, WER unchanged);
+    - the delta contract (for every item the concatenated deltas equal the final text;
+      ``TranscriptView.violations``), server error events, backpressure notices, repaired items, degrade events.
+    With ``--sessions N``: the full report of the first and the last session, then one line per session (RSS at
+    its start, max during, right after close, settled after close, finals, cost, WER, violations, errors, close
+    code) and "RSS after close N minus after close 1" (settled; issue 16 target <= 30 MB for ten 30-minute
+    sessions). Every session streams the same audio on the same server.
+    With ``--profile``: the spawned server runs with ``ECHOPANEL_MEMORY_DEBUG=1`` (tracemalloc), and every
+    ``--profile-every-min`` minutes of transcribed audio (default 30) and once settled after close the bench fetches
+    ``GET /debug/memory?top=15`` and prints its ``top`` list (size, growth since the server's baseline, count, where);
+    a 404 (the setting off, or a server without the endpoint) prints "memory debug not available". tracemalloc
+    slows the server: cost figures of a profiled run are not comparable with an unprofiled one.
+
+    ``--json`` writes everything (every sample, every final, the per-minute rows, the profiles). One session:
+    that session's figures at the top level, as before; ``--sessions N`` > 1: ``{"sessions": [...],
+    "across_sessions": {...}}``.
 
 How to run (from the repository root)
     .venv/bin/python -m bench.soak                        # 30 minutes of audio; takes a few minutes of wall time
     .venv/bin/python -m bench.soak --minutes 5 --json /tmp/soak.json
+    .venv/bin/python -m bench.soak --minutes 480 --sources 2 --json /tmp/soak-8h.json   # issue 16: a working day
+    .venv/bin/python -m bench.soak --minutes 30 --sessions 10 --json /tmp/soak-10x30.json   # issue 16: back to back
+    .venv/bin/python -m bench.soak --minutes 120 --sources 2 --profile                 # where the memory goes
     .venv/bin/python -m bench.soak --url ws://127.0.0.1:8765/v1/live --server-pid 1234   # a running server
-    (``.venv/bin/python bench/soak.py ...`` works too.)
+    (``.venv/bin/python bench/soak.py ...`` works too.) On 2 shared cores 2-3 minute runs went at 11-21x real time,
+    two sources as fast as one (together they talk about as much as the one-source stream); every session adds 35 s
+    of settling after close. From those, an estimate (not measured): 0.5-1 hour of wall time for the 8-hour run or
+    the ten 30-minute sessions.
 
     A connection closed with 1011 "keepalive ping timeout" means the websocket keepalive ping/pong waited behind
     the audio held in the socket buffers for longer than the ping timeout (the server then drops the session).
@@ -34,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import sys
 import time
@@ -41,7 +80,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jiwer
+import httpx
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also runnable as bench/soak.py
@@ -52,23 +91,34 @@ from bench.common import (
     ContentionMonitor,
     cards_files,
     describe_close,
-    fmt,
     git_state,
     librivox_files,
-    normalize,
-    pct,
     phone_reference,
     write_json,
+)
+from bench.soak_report import (
+    LONG_RUN_MIN,
+    Final,
+    Placed,
+    Sample,
+    SoakResult,
+    across_sessions,
+    analyse,
+    print_report,
+    print_sessions,
+    table_rows,
 )
 from echopanel.audio.wav import read_pcm16
 from echopanel.client import LiveClient, ServerError, TranscriptView
 from echopanel.client.stream import BYTES_PER_SAMPLE, transcribe
-from echopanel.testing.server import ServerProcess, process_tree_cpu, process_tree_rss, start_server
+from echopanel.testing.server import process_tree_cpu, process_tree_rss, start_server
 
-SOURCE = "mic"
+SOURCES = {1: ["mic"], 2: ["mic", "system"]}
 SAMPLE_EVERY_S = 2.0
-WINDOW_MIN = 5.0  # first / last minutes compared
-TARGET_GROWTH_MB = 50.0
+SETTLE_S = 35.0  # after close: past the server's 30 s malloc-trim tick (echopanel/server/memory.py TRIM_EVERY_S)
+SETTLE_EVERY_S = 5.0
+PROFILE_TOP = 15
+PROFILE_TIMEOUT_S = 120.0  # a tracemalloc snapshot of a big heap takes a while
 MB = 1024 * 1024
 MAX_LOG_LINES = 20  # server warning lines printed at the end
 
@@ -82,72 +132,6 @@ class Clip:
     @property
     def samples(self) -> int:
         return len(self.pcm) // BYTES_PER_SAMPLE
-
-
-@dataclass(frozen=True)
-class Placed:
-    """One clip in the stream, in samples of the stream clock."""
-
-    name: str
-    start: int
-    end: int
-    reference: str
-
-
-@dataclass
-class Sample:
-    wall_s: float
-    sent_min: float
-    transcribed_min: float
-    rss_mb: float
-    cpu_s: float
-    other_cpus: float  # CPUs busy in other processes since the previous sample
-    phase: str  # "streaming" or "closed" (after the session ended)
-
-
-@dataclass
-class Final:
-    item_id: str
-    start_ms: int
-    end_ms: int
-    compute_ms: float
-    text: str
-    repaired: bool
-
-    @property
-    def minute(self) -> int:
-        return self.start_ms // 60_000
-
-    @property
-    def duration_s(self) -> float:
-        return max(0, self.end_ms - self.start_ms) / 1000
-
-
-@dataclass
-class MinuteRow:
-    minute: int
-    rss_mb: float | None
-    finals: int
-    mean_compute_ms: float | None
-    compute_ms_per_audio_s: float | None
-    wer: float | None
-    other_cpus: float | None  # mean CPUs busy in other processes while the server was on this minute
-
-
-@dataclass
-class SoakResult:
-    minutes: float
-    wall_s: float
-    samples: list[Sample]
-    finals: list[Final]
-    rows: list[MinuteRow]
-    summary: dict[str, Any]
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-    backpressure: dict[str, int] = field(default_factory=dict)
-    session_stats: dict[str, Any] = field(default_factory=dict)
-    close: dict[str, Any] = field(default_factory=dict)  # code, reason, closed_by
-    degraded: list[dict[str, Any]] = field(default_factory=list)  # session.degraded events, if the server sends any
 
 
 # -- the stream ------------------------------------------------------------------------------------------------------
@@ -180,21 +164,135 @@ def build_stream(minutes: float, seed: int = 1) -> tuple[bytes, list[Placed]]:
     return bytes(out[: total * BYTES_PER_SAMPLE]), [p for p in placed if p.end <= total]
 
 
+def build_meeting(
+    minutes: float, seed: int = 1, sources: tuple[str, str] = ("mic", "system")
+) -> tuple[dict[str, bytes], list[Placed]]:
+    """Two sources taking turns like a call (the module docstring): one PCM16 blob per source, and every clip."""
+    clips = load_clips()
+    rng = random.Random(seed)
+    total = round(minutes * 60 * SAMPLE_RATE)
+    tracks = {s: bytearray(total * BYTES_PER_SAMPLE) for s in sources}
+    placed: list[Placed] = []
+    free_at = dict.fromkeys(sources, 0)  # where each source's own channel is silent again
+    position = round(rng.uniform(0.2, 1.0) * SAMPLE_RATE)
+    speaker = 0
+    previous = ""
+    full = False
+    while not full:
+        source = sources[speaker]
+        start = max(position, free_at[source])
+        turn_start = start
+        for _ in range(rng.choice((1, 1, 2))):  # a turn: one clip, sometimes two
+            clip = rng.choice([c for c in clips if c.name != previous])
+            end = start + clip.samples
+            if end > total:
+                full = True
+                break
+            previous = clip.name
+            tracks[source][start * BYTES_PER_SAMPLE : end * BYTES_PER_SAMPLE] = clip.pcm
+            placed.append(Placed(clip.name, start, end, clip.reference, source))
+            free_at[source] = end
+            start = end + round(rng.uniform(0.3, 0.8) * SAMPLE_RATE)
+        turn_end = free_at[source]
+        if rng.random() < 0.25 and turn_end > turn_start:  # the other side cuts in before this turn ends
+            overlap = min(rng.uniform(0.3, 1.5) * SAMPLE_RATE, (turn_end - turn_start) / 2)
+            position = turn_end - round(overlap)
+        else:
+            position = turn_end + round(rng.uniform(0.3, 1.5) * SAMPLE_RATE)
+        speaker = 1 - speaker
+    audio = {s: bytes(tracks.pop(s)) for s in sources}  # one copy at a time: 8 hours are 0.9 GB a source
+    return audio, sorted(placed, key=lambda p: (p.start, p.source))
+
+
+def speech_shares(placed: list[Placed], sources: list[str], total_samples: int) -> tuple[dict[str, float], float]:
+    """Share of the stream each source talks, and the share where two talk at once."""
+    shares = {s: sum(p.end - p.start for p in placed if p.source == s) / total_samples for s in sources}
+    edges = sorted([(p.start, 1) for p in placed] + [(p.end, -1) for p in placed])
+    both = 0
+    talking = 0
+    last = 0
+    for at, step in edges:
+        if talking >= 2:
+            both += at - last
+        talking += step
+        last = at
+    return shares, both / total_samples
+
+
 # -- streaming -------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Streamed:
+    view: TranscriptView
+    samples: list[Sample]
+    finals: list[Final]
+    degraded: list[dict[str, Any]]
+    wall_s: float
+    close: dict[str, Any]
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Profiler:
+    """``GET /debug/memory?top=N`` of the server (``--profile``); a 404 means memory debug is off or missing."""
+
+    def __init__(self, http: str, every_min: float) -> None:
+        self.client = httpx.AsyncClient(base_url=http, timeout=PROFILE_TIMEOUT_S)
+        self.every_min = every_min
+        self.said_unavailable = False
+
+    async def fetch(self, label: str, transcribed_min: float, wall_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": label, "transcribed_min": transcribed_min, "wall_s": wall_s}
+        try:
+            resp = await self.client.get("/debug/memory", params={"top": PROFILE_TOP})
+        except httpx.HTTPError as exc:
+            out |= {"available": False, "status": None, "error": f"{type(exc).__name__}: {exc}"}
+        else:
+            out["status"] = resp.status_code
+            if resp.status_code == 200:
+                try:
+                    out |= {"available": True, "data": resp.json()}
+                except ValueError:
+                    out |= {"available": False, "error": f"not JSON: {resp.text[:200]!r}"}
+            else:
+                out |= {"available": False, "error": f"HTTP {resp.status_code}"}
+        if out["available"]:
+            d = out["data"]
+            top = (d.get("top") or [{}])[0]
+            print(
+                f"memory profile {label} at audio minute {transcribed_min:.1f}: rss {d.get('rss_mb')} MB, traced "
+                f"{d.get('traced_mb')} MB, top {top.get('where')} {top.get('size_kb')} kB",
+                file=sys.stderr,
+            )
+        elif not self.said_unavailable:
+            print(f"memory debug not available ({out['error']})", file=sys.stderr)
+            self.said_unavailable = True
+        return out
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
 async def stream(
-    url: str, pcm: bytes, pid: int | None, *, overflow: str | None, chunk_ms: int
-) -> tuple[TranscriptView, list[Sample], list[Final], list[dict[str, Any]], float, dict[str, Any]]:
-    sent = [0]
+    url: str,
+    audio: dict[str, bytes],
+    pid: int | None,
+    *,
+    overflow: str | None,
+    chunk_ms: int,
+    profiler: Profiler | None = None,
+) -> Streamed:
+    sources = list(audio)
+    sent = dict.fromkeys(sources, 0)
     last_done_ms = [0]
     finals: list[Final] = []
     samples: list[Sample] = []
     degraded: list[dict[str, Any]] = []
     views: list[TranscriptView] = []
+    profiles: list[dict[str, Any]] = []
 
     def on_chunk(source: str, offset: int, now: float) -> None:
-        sent[0] = offset
+        sent[source] = offset
 
     def on_event(ev: dict[str, Any], view: TranscriptView) -> None:
         if not views:
@@ -213,6 +311,7 @@ async def stream(
             finals.append(
                 Final(
                     ev["item_id"],
+                    str(ev.get("source") or sources[0]),
                     int(ev["start_ms"]),
                     int(ev["end_ms"]),
                     float(ev.get("compute_ms") or 0.0),
@@ -223,47 +322,57 @@ async def stream(
             last_done_ms[0] = max(last_done_ms[0], int(ev["end_ms"]))
 
     started = time.monotonic()
+    closed_at = [0.0]
     neighbours = ContentionMonitor(pid)
     overall = ContentionMonitor(pid)
 
-    def take_sample(phase: str = "streaming") -> None:
+    def take_sample(phase: str) -> None:
         if pid is None:
             return
+        now = time.monotonic()
         samples.append(
             Sample(
-                wall_s=time.monotonic() - started,
-                sent_min=sent[0] / SAMPLE_RATE / 60,
+                wall_s=now - started,
+                sent_min=min(sent.values()) / SAMPLE_RATE / 60,
                 transcribed_min=last_done_ms[0] / 60_000,
                 rss_mb=process_tree_rss(pid) / MB,
                 cpu_s=process_tree_cpu(pid),
                 other_cpus=neighbours.other_cpus(),
                 phase=phase,
+                after_close_s=now - closed_at[0] if phase == "closed" else None,
             )
         )
         neighbours.reset()
 
     async def sampler() -> None:
+        next_profile = profiler.every_min if profiler else math.inf
         while True:
-            take_sample()
+            take_sample("streaming")
+            done_min = last_done_ms[0] / 60_000
+            if profiler is not None and done_min >= next_profile:
+                next_profile = (math.floor(done_min / profiler.every_min) + 1) * profiler.every_min
+                profiles.append(await profiler.fetch("while streaming", done_min, time.monotonic() - started))
             await asyncio.sleep(SAMPLE_EVERY_S)
 
+    take_sample("idle")
     session = {"overflow": overflow} if overflow else None
     task = asyncio.create_task(sampler())
+    client: LiveClient | None = None
     try:
         try:
-            client = LiveClient(url, sources=[SOURCE], sample_rate=SAMPLE_RATE, session=session)
+            client = LiveClient(url, sources=sources, sample_rate=SAMPLE_RATE, session=session)
             await client.open()
         except ServerError as exc:
             if session is None:
                 raise
             print(f"server refused overflow={overflow!r} ({exc}); retrying with the server default", file=sys.stderr)
-            client = LiveClient(url, sources=[SOURCE], sample_rate=SAMPLE_RATE)
+            client = LiveClient(url, sources=sources, sample_rate=SAMPLE_RATE)
             await client.open()
         try:
             print(f"session {client.session.get('id')} limits {client.session.get('limits')}", file=sys.stderr)
             try:
                 view = await transcribe(
-                    client, {SOURCE: pcm}, realtime=False, chunk_ms=chunk_ms, on_event=on_event, on_chunk=on_chunk
+                    client, audio, realtime=False, chunk_ms=chunk_ms, on_event=on_event, on_chunk=on_chunk
                 )
             except ConnectionClosed as exc:
                 print(f"connection lost while streaming: {exc}", file=sys.stderr)
@@ -275,206 +384,123 @@ async def stream(
         await asyncio.gather(task, return_exceptions=True)
     wall = time.monotonic() - started
     other = overall.other_cpus()
+    closed_at[0] = time.monotonic()
     take_sample("closed")  # right after the session closed
-    await asyncio.sleep(SAMPLE_EVERY_S)
-    take_sample("closed")
-    return view, samples, finals, degraded, wall, {**describe_close(client.ws), "other_cpus": other}
-
-
-# -- analysis --------------------------------------------------------------------------------------------------------
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _cost(finals: list[Final]) -> tuple[float | None, float | None]:
-    """Mean compute_ms per utterance and compute ms per second of audio."""
-    spoken = [f for f in finals if f.text and not f.repaired]
-    per_utt = _mean([f.compute_ms for f in spoken])
-    audio_s = sum(f.duration_s for f in spoken)
-    per_s = sum(f.compute_ms for f in spoken) / audio_s if audio_s > 0 else None
-    return per_utt, per_s
-
-
-def _window_wer(finals: list[Final], placed: list[Placed], lo_ms: float, hi_ms: float) -> float | None:
-    """WER of the finals starting in [lo, hi) against the clips that start in that window (whole clips only)."""
-    clips = [p for p in placed if lo_ms <= p.start * 1000 / SAMPLE_RATE < hi_ms]
-    if not clips:
-        return None
-    first_ms = clips[0].start * 1000 / SAMPLE_RATE
-    last_ms = clips[-1].end * 1000 / SAMPLE_RATE
-    # An item belongs to the window when its midpoint falls inside the span of the window's clips.
-    hyp = " ".join(f.text for f in finals if first_ms <= (f.start_ms + f.end_ms) / 2 < last_ms + 500)
-    ref = normalize(" ".join(p.reference for p in clips))
-    return float(jiwer.wer(ref, normalize(hyp) or "<empty>"))
-
-
-def analyse(
-    minutes: float, samples: list[Sample], finals: list[Final], placed: list[Placed]
-) -> tuple[list[MinuteRow], dict[str, Any]]:
-    finals = sorted(finals, key=lambda f: f.start_ms)
-    n_minutes = int(minutes) + (1 if minutes % 1 else 0)
-    rows: list[MinuteRow] = []
-    for m in range(n_minutes):
-        in_minute = [f for f in finals if f.minute == m]
-        here = [s for s in samples if s.phase == "streaming" and m <= s.transcribed_min < m + 1]
-        rss = [s.rss_mb for s in here]
-        per_utt, per_s = _cost(in_minute)
-        rows.append(
-            MinuteRow(
-                minute=m,
-                rss_mb=max(rss) if rss else None,
-                finals=sum(1 for f in in_minute if f.text),
-                mean_compute_ms=per_utt,
-                compute_ms_per_audio_s=per_s,
-                wer=_window_wer(finals, placed, m * 60_000, (m + 1) * 60_000),
-                other_cpus=_mean([s.other_cpus for s in here]),
-            )
+    while pid is not None and time.monotonic() - closed_at[0] < SETTLE_S:
+        await asyncio.sleep(min(SETTLE_EVERY_S, max(0.1, SETTLE_S - (time.monotonic() - closed_at[0]))))
+        take_sample("closed")
+    if profiler is not None:
+        profiles.append(
+            await profiler.fetch("settled after close", last_done_ms[0] / 60_000, time.monotonic() - started)
         )
-    during = [s for s in samples if s.phase == "streaming"]
-    baseline = next((s for s in during if s.transcribed_min >= 1.0), during[0] if during else None)
-    after = [s for s in during if baseline is not None and s.wall_s >= baseline.wall_s]
-    max_after = max(after, key=lambda s: s.rss_mb) if after else None
-    growth = max_after.rss_mb - baseline.rss_mb if baseline and max_after else None
-    window = min(WINDOW_MIN, minutes / 2)
-    total_ms = minutes * 60_000
-    head = [f for f in finals if f.start_ms < window * 60_000]
-    tail = [f for f in finals if f.start_ms >= total_ms - window * 60_000]
-    head_utt, head_s = _cost(head)
-    tail_utt, tail_s = _cost(tail)
-    summary: dict[str, Any] = {
-        "audio_minutes": minutes,
-        "rss_idle_mb": samples[0].rss_mb if samples else None,
-        "rss_after_first_minute_mb": baseline.rss_mb if baseline else None,
-        "rss_max_after_mb": max_after.rss_mb if max_after else None,
-        "rss_max_at_audio_min": max_after.transcribed_min if max_after else None,
-        "rss_growth_mb": growth,
-        "rss_after_close_mb": samples[-1].rss_mb if samples else None,
-        "growth_target_mb": TARGET_GROWTH_MB,
-        "growth_pass": growth is not None and growth <= TARGET_GROWTH_MB,
-        "window_minutes": window,
-        "first_window": {"utterances": len(head), "mean_compute_ms": head_utt, "compute_ms_per_audio_s": head_s},
-        "last_window": {"utterances": len(tail), "mean_compute_ms": tail_utt, "compute_ms_per_audio_s": tail_s},
-        "cost_ratio_per_utterance": tail_utt / head_utt if head_utt and tail_utt else None,
-        "cost_ratio_per_audio_s": tail_s / head_s if head_s and tail_s else None,
-        "wer_first_window": _window_wer(finals, placed, 0, window * 60_000),
-        "wer_last_window": _window_wer(finals, placed, total_ms - window * 60_000, total_ms),
-        "finals": sum(1 for f in finals if f.text),
-        "empty_finals": sum(1 for f in finals if not f.text),
-        "repaired_finals": sum(1 for f in finals if f.repaired),
-        "compute_s_total": sum(f.compute_ms for f in finals) / 1000,
-        "server_cpu_s": samples[-1].cpu_s - samples[0].cpu_s if len(samples) > 1 else None,
-    }
-    return rows, summary
-
-
-# -- report ----------------------------------------------------------------------------------------------------------
-
-
-def print_report(r: SoakResult) -> None:
-    print(
-        f"\n{'minute':>6} {'RSS MB':>8} {'finals':>7} {'mean compute_ms':>16} {'compute ms/audio s':>19} {'WER':>7} "
-        f"{'other CPUs':>10}"
-    )
-    for row in r.rows:
-        print(
-            f"{row.minute:>6} {fmt(row.rss_mb, '.1f'):>8} {row.finals:>7} {fmt(row.mean_compute_ms, '.1f'):>16} "
-            f"{fmt(row.compute_ms_per_audio_s, '.1f'):>19} {pct(row.wer):>7} {fmt(row.other_cpus, '.2f'):>10}"
-        )
-    s = r.summary
-    first, last = s["first_window"], s["last_window"]
-    w = s["window_minutes"]
-    audio_s = s["audio_minutes"] * 60
-    print(
-        f"\n== soak: {s['audio_minutes']:g} min of audio in {r.wall_s:.0f} s wall ({audio_s / r.wall_s:.1f}x real "
-        f"time); connection closed by {r.close.get('closed_by')}: {r.close.get('code')} {r.close.get('reason')!r}"
-    )
-    busy = r.close.get("other_cpus", 0.0)
-    warn = "  !! a loaded machine: cost figures are pessimistic" if busy > 0.2 else ""
-    print(f"other processes used {busy:.2f} CPUs on average while streaming{warn}")
-    if r.session_stats == {}:
-        print("!! no session.summary arrived: the session did not end normally")
-    print(f"{'RSS idle (before the session)':<44} {fmt(s['rss_idle_mb'], '.1f', ' MB')}")
-    print(f"{'RSS after the first audio minute':<44} {fmt(s['rss_after_first_minute_mb'], '.1f', ' MB')}")
-    print(
-        f"{'max RSS afterwards':<44} {fmt(s['rss_max_after_mb'], '.1f', ' MB')}"
-        f" (at audio minute {fmt(s['rss_max_at_audio_min'], '.1f')})"
-    )
-    mark = "PASS" if s["growth_pass"] else "FAIL"
-    print(f"{'growth':<44} {fmt(s['rss_growth_mb'], '+.1f', ' MB')}   target <= {TARGET_GROWTH_MB:g} MB  {mark}")
-    print(f"{'RSS after the session closed':<44} {fmt(s['rss_after_close_mb'], '.1f', ' MB')}")
-    print(
-        f"{f'mean compute_ms / utterance, first {w:g} min':<44} {fmt(first['mean_compute_ms'], '.1f')}"
-        f"  ({first['utterances']} utterances, {fmt(first['compute_ms_per_audio_s'], '.1f')} ms per audio s)"
-    )
-    print(
-        f"{f'mean compute_ms / utterance, last {w:g} min':<44} {fmt(last['mean_compute_ms'], '.1f')}"
-        f"  ({last['utterances']} utterances, {fmt(last['compute_ms_per_audio_s'], '.1f')} ms per audio s)"
-    )
-    print(
-        f"{'cost ratio last/first (per utterance)':<44} {fmt(s['cost_ratio_per_utterance'], '.2f', 'x')}   "
-        f"(per audio second {fmt(s['cost_ratio_per_audio_s'], '.2f', 'x')}; should be ~1)"
-    )
-    print(f"{f'WER first / last {w:g} min':<44} {pct(s['wer_first_window'])} / {pct(s['wer_last_window'])}")
-    print(
-        f"{'finals (empty, repaired)':<44} {s['finals']} ({s['empty_finals']}, {s['repaired_finals']});"
-        f" compute {s['compute_s_total']:.0f} s; server CPU {fmt(s['server_cpu_s'], '.0f', ' s')}"
-    )
-    print(f"{'delta/final violations':<44} {len(r.violations)}")
-    for v in r.violations[:10]:
-        print(f"  violation: {v}")
-    print(f"{'server error events':<44} {len(r.errors)}")
-    for e in r.errors[:10]:
-        print(f"  error: {e}")
-    levels = ", ".join(f"{k} {v}" for k, v in sorted(r.backpressure.items())) or "none"
-    print(f"{'backpressure notices':<44} {levels}")
-    print(f"{'session.degraded events':<44} {len(r.degraded)}")
-    for d in r.degraded:
-        print(
-            f"  at {d['wall_s']:.1f} s wall, audio minute {d['transcribed_min']:.2f}: level {d['level']} "
-            f"{d['name']} ({d['reason']})"
-        )
-    print(f"{'session stats':<44} {r.session_stats}")
+    return Streamed(view, samples, finals, degraded, wall, {**describe_close(client.ws), "other_cpus": other}, profiles)
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, url: str, server: ServerProcess | None) -> SoakResult:
-    pcm, placed = build_stream(args.minutes, args.seed)
-    minutes = len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE / 60
-    print(f"streaming {minutes:.1f} min of audio ({len(placed)} clips, {len(pcm) / MB:.1f} MB PCM16)", file=sys.stderr)
-    pid = server.pid if server is not None else args.server_pid
-    overflow = None if args.overflow == "default" else args.overflow
-    view, samples, finals, degraded, wall, close = asyncio.run(
-        stream(url, pcm, pid, overflow=overflow, chunk_ms=args.chunk_ms)
-    )
-    rows, summary = analyse(minutes, samples, finals, placed)
+def make_result(
+    streamed: Streamed,
+    minutes: float,
+    placed: list[Placed],
+    sources: list[str],
+    *,
+    session: int,
+    of_sessions: int,
+    slope_from_min: float,
+    extra: dict[str, Any],
+) -> SoakResult:
+    rows, summary = analyse(minutes, streamed.samples, streamed.finals, placed, sources, slope_from_min=slope_from_min)
+    summary |= {**extra, "of_sessions": of_sessions}
+    view = streamed.view
     backpressure: dict[str, int] = {}
     for ev in getattr(view, "backpressure", []):
-        backpressure[str(ev.get("level"))] = backpressure.get(str(ev.get("level")), 0) + 1
+        key = f"{ev.get('source')} {ev.get('level')}" if len(sources) > 1 else str(ev.get("level"))
+        backpressure[key] = backpressure.get(key, 0) + 1
     stats = (view.summary or {}).get("stats", {}).get("sources", {})
     return SoakResult(
         minutes=minutes,
-        wall_s=wall,
-        samples=samples,
-        finals=finals,
+        wall_s=streamed.wall_s,
+        samples=streamed.samples,
+        finals=streamed.finals,
         rows=rows,
         summary=summary,
         errors=list(view.errors),
         violations=list(view.violations),
         backpressure=backpressure,
         session_stats={k: {n: v for n, v in s.items() if n != "shed_spans"} for k, s in stats.items()},
-        close=close,
-        degraded=degraded,
+        close=streamed.close,
+        degraded=streamed.degraded,
+        sources=sources,
+        session=session,
+        profiles=streamed.profiles,
     )
 
 
+async def run_sessions(
+    args: argparse.Namespace, url: str, pid: int | None, http: str
+) -> tuple[list[SoakResult], list[Placed]]:
+    """``--sessions`` sessions one after the other on one server, each streaming the same audio."""
+    sources = SOURCES[args.sources]
+    if args.sources == 1:
+        pcm, placed = build_stream(args.minutes, args.seed)
+        audio = {sources[0]: pcm}
+    else:
+        audio, placed = build_meeting(args.minutes, args.seed)
+    total = len(next(iter(audio.values()))) // BYTES_PER_SAMPLE
+    minutes = total / SAMPLE_RATE / 60
+    extra: dict[str, Any] = {}
+    if args.sources > 1:
+        shares, overlap = speech_shares(placed, sources, total)
+        extra = {"speech_share": shares, "overlap_share": overlap}
+    size = sum(len(b) for b in audio.values()) / MB
+    print(
+        f"streaming {minutes:.1f} min of audio x {len(sources)} source(s) ({len(placed)} clips, {size:.1f} MB PCM16)"
+        f"{f' x {args.sessions} sessions' if args.sessions > 1 else ''}",
+        file=sys.stderr,
+    )
+    overflow = None if args.overflow == "default" else args.overflow
+    profiler = Profiler(http, args.profile_every_min) if args.profile else None
+    results: list[SoakResult] = []
+    try:
+        for n in range(1, args.sessions + 1):
+            try:
+                streamed = await stream(url, audio, pid, overflow=overflow, chunk_ms=args.chunk_ms, profiler=profiler)
+            except (OSError, ServerError, ConnectionClosed) as exc:  # the server is gone or refuses: report so far
+                print(f"session {n} could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
+                break
+            r = make_result(
+                streamed,
+                minutes,
+                placed,
+                sources,
+                session=n,
+                of_sessions=args.sessions,
+                slope_from_min=args.slope_from_min,
+                extra=extra,
+            )
+            results.append(r)
+            s = r.summary
+            print(
+                f"session {n}/{args.sessions} done in {r.wall_s:.0f} s: RSS start {s['rss_idle_mb']}, max "
+                f"{s['rss_max_during_mb']}, after close {s['rss_after_close_mb']}, settled {s['rss_settled_mb']} MB; "
+                f"{s['finals']} finals, close {r.close.get('code')}",
+                file=sys.stderr,
+            )
+    finally:
+        if profiler is not None:
+            await profiler.aclose()
+    return results, placed
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Server memory and per-utterance cost over one long live session.")
-    parser.add_argument("--minutes", type=float, default=30.0, help="minutes of audio to stream (default 30)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the silence gaps (default 1)")
+    parser = argparse.ArgumentParser(description="Server memory and per-utterance cost over long live sessions.")
+    parser.add_argument("--minutes", type=float, default=30.0, help="minutes of audio per session (default 30)")
+    parser.add_argument(
+        "--sources", type=int, choices=[1, 2], default=1, help="1: mic (default); 2: mic + system, a call"
+    )
+    parser.add_argument("--sessions", type=int, default=1, help="sessions back to back on one server (default 1)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the stream (gaps, turns; default 1)")
     parser.add_argument("--chunk-ms", type=int, default=40, help="audio per binary frame (default 40)")
     parser.add_argument(
         "--overflow",
@@ -482,40 +508,88 @@ def main(argv: list[str] | None = None) -> int:
         default="block",
         help="session overflow policy to ask for (default block: TCP pushes back; 'default': the server's)",
     )
+    parser.add_argument(
+        "--slope-from-min",
+        type=float,
+        default=10.0,
+        help="RSS slope and growth over the samples from this audio minute on (default 10)",
+    )
+    parser.add_argument(
+        "--table-every",
+        type=int,
+        metavar="MIN",
+        help=f"one printed table row per MIN audio minutes (default 1; 10 from {LONG_RUN_MIN:g} min; JSON: per minute)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the server with ECHOPANEL_MEMORY_DEBUG=1 and print GET /debug/memory?top=15 during and after",
+    )
+    parser.add_argument(
+        "--profile-every-min", type=float, default=30.0, help="with --profile: every this many audio minutes (30)"
+    )
     parser.add_argument("--url", help="use this running server (ws://HOST:PORT/v1/live) instead of starting one")
     parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, to sample its RSS")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
+    if args.sessions < 1:
+        parser.error("--sessions must be at least 1")
+    if args.profile_every_min <= 0:
+        parser.error("--profile-every-min must be positive")
+    if args.table_every is not None and args.table_every < 1:
+        parser.error("--table-every must be at least 1")
+    table_every = args.table_every or (10 if args.minutes >= LONG_RUN_MIN else 1)
 
     version = git_state()
     print(f"checkout {version}", file=sys.stderr)
     server_log: list[str] = []
     server_tail: list[str] = []
     if args.url:
-        result = run(args, args.url, None)
+        http = args.url.replace("wss://", "https://").replace("ws://", "http://").rsplit("/v1/", 1)[0]
+        if args.profile:
+            print("--url: the server must already run with ECHOPANEL_MEMORY_DEBUG=1 for --profile", file=sys.stderr)
+        results, placed = asyncio.run(run_sessions(args, args.url, args.server_pid, http))
     else:
-        with start_server() as server:
-            result = run(args, server.url, server)
+        env = {"ECHOPANEL_MEMORY_DEBUG": "1"} if args.profile else None
+        with start_server(env=env) as server:
+            results, placed = asyncio.run(run_sessions(args, server.url, server.pid, server.http))
             server_log = server.warnings
             server_tail = list(server.log)[-15:]
-    print_report(result)
+    if not results:
+        print("no session ran")
+        return 1
+    shown = [results[0]] if len(results) == 1 else [results[0], results[-1]]
+    for r in shown:
+        print_report(r, r.rows if table_every == 1 else table_rows(r, placed, table_every))
+    across = across_sessions(results) if args.sessions > 1 else None
+    if across is not None:
+        print_sessions(across)
     for line in server_log[:MAX_LOG_LINES]:
         print(f"server: {line}")
     if len(server_log) > MAX_LOG_LINES:
         print(f"server: ... {len(server_log) - MAX_LOG_LINES} more warning lines (all in --json)")
-    if result.close.get("code") != 1000 and server_tail:
+    if any(r.close.get("code") != 1000 for r in results) and server_tail:
         print("server log, last lines:")
         for line in server_tail:
             print(f"  {line}")
     if args.json:
-        data = asdict(result)
+        data: dict[str, Any] = (
+            asdict(results[0])
+            if args.sessions == 1
+            else {"sessions": [asdict(r) for r in results], "across_sessions": across}
+        )
         data["config"] = {
             "minutes": args.minutes,
+            "sources": args.sources,
+            "sessions": args.sessions,
             "seed": args.seed,
             "chunk_ms": args.chunk_ms,
             "overflow": args.overflow,
+            "slope_from_min": args.slope_from_min,
+            "profile": args.profile,
+            "profile_every_min": args.profile_every_min,
             "url": args.url or "spawned",
             "checkout": version,
         }

@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     speaker_max_pending: NonNegativeInt = 32  # utterances waiting for a label per source; past it, at the end
     recording_retention_days: NonNegativeFloat = 30.0  # recordings of ended sessions older than this go (0: at once)
     retention_sweep_s: PositiveFloat = 3600.0  # how often the server looks for expired recordings
+    memory_trim_s: PositiveFloat = 30.0  # how often free heap goes back to the OS (glibc malloc_trim)
     recognizer: RecognizerSettings = Field(default_factory=RecognizerSettings)
     ladder: LadderSettings = Field(default_factory=LadderSettings)  # the degrade ladder (echopanel/flow/ladder.py)
 

@@ -102,7 +102,7 @@ async def serve(settings: Settings) -> None:
         app.router.routes.extend(fault_routes(faults, engine.names))
         log.warning("fault injection is on: POST /faults makes engines fail, hang or die")
     control_task = asyncio.create_task(controller.run()) if controller is not None else None
-    trim_task = asyncio.create_task(_trim_memory())
+    trim_task = asyncio.create_task(_trim_memory(settings.memory_trim_s))
     retention_task = asyncio.create_task(_retention(store, settings))
     server = uvicorn.Server(uvicorn_config(app, settings))
     task = asyncio.create_task(server.serve())
@@ -149,6 +149,8 @@ def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerServ
     speakers = None
     if settings.speakers:  # missing or unreadable weights: a WARNING says why, and labels are off
         speakers = SpeakerService.load(workers=settings.speaker_workers, max_pending=settings.speaker_max_pending)
+        if speakers is not None:
+            speakers.warmup()
     else:
         log.info("speaker labels off: ECHOPANEL_SPEAKERS is false")
     return AsyncStore(store), speakers
@@ -163,7 +165,7 @@ async def _retention(store: AsyncStore, settings: Settings) -> None:
         await asyncio.sleep(settings.retention_sweep_s)
 
 
-async def _trim_memory() -> None:
+async def _trim_memory(every_s: float) -> None:
     while True:
-        await asyncio.sleep(memory.TRIM_EVERY_S)
+        await asyncio.sleep(every_s)
         await asyncio.to_thread(memory.trim)

@@ -68,8 +68,8 @@ class LiveLabels:
         job = speakers.job(ev.item)
         if label is None and job is not None and not job.done():
             self._spawn(self._late_label(item_id(source, ev.item), job))
-        turns = speakers.live_turns.get(ev.item, ()) if label is not None else ()
-        return label, turns
+        turns = speakers.take_turns(ev.item)
+        return label, (turns if label is not None else ())
 
     async def _late_label(self, iid: str, job: asyncio.Task[str | None]) -> None:
         await asyncio.wait([job])

@@ -122,7 +122,9 @@ class Session:
                 recording=recording,
             )
             if speakers is not None:
-                state.speakers = SourceSpeakers(speakers, name, self.labels.reader(recording))
+                state.speakers = SourceSpeakers(
+                    speakers, name, self.labels.reader(recording), recording.path.with_suffix(".emb")
+                )
                 state.speakers.live = level < LIVE_LABELS_UNTIL
             self.sources[name] = state
         self._tasks: list[asyncio.Task[None]] = []
@@ -290,6 +292,7 @@ class Session:
         for state in self.sources.values():
             if state.speakers is not None:
                 state.speakers.cancel()
+                state.speakers.close()
         for state in self.sources.values():
             await state.stream.aclose()
         for task in self._tasks:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +47,7 @@ MIN_UTTERANCE_MS = 200  # shorter voiced spans carry too little voice to embed; 
 
 
 SETTLE_BATCH = 16  # utterances labelled together at finalization
+MAX_UNTAKEN = 256  # labels kept for finals that have not asked for them yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,12 @@ class SpeakerService:
             return None
         return cls(encoder, workers=workers, max_pending=max_pending)
 
+    def warmup(self) -> None:
+        """Embed two seconds of noise on the pool's thread: its BLAS buffers are allocated now, at start, not
+        inside the first session (so the server's idle RSS is its working size)."""
+        noise = (np.random.default_rng(0).standard_normal(32000) * 0.01).astype(np.float32)
+        self.executor.submit(self.encoder.embed_batch, [noise]).result()
+
     def record_cost(self, cost: SpeakerCost) -> None:
         self.costs.append(cost)
         if len(self.costs) > 512:
@@ -89,14 +98,18 @@ class SpeakerService:
 class SourceSpeakers:
     """Live and final speaker labels of one source's items (keys: the recognizer's item numbers)."""
 
-    def __init__(self, service: SpeakerService, source: str, read_audio: AudioReader) -> None:
+    def __init__(
+        self, service: SpeakerService, source: str, read_audio: AudioReader, embeddings_path: Path | None = None
+    ) -> None:
         self.service = service
         self.source = source
         self._read = read_audio
-        self._tracker = SpeakerTracker(service.encoder)
+        self._tracker = SpeakerTracker(service.encoder, embeddings_path=embeddings_path)
         self._spans: dict[int, tuple[int, int]] = {}  # item -> (start_ms, end_ms) given to the tracker
-        self.live_turns: dict[int, tuple[tuple[int, int, str], ...]] = {}  # item -> live (start_ms, end_ms, label)
-        self._jobs: dict[int, asyncio.Task[str | None]] = {}
+        # item -> live (start_ms, end_ms, label) turns, until its final takes them (``take_turns``)
+        self.live_turns: dict[int, tuple[tuple[int, int, str], ...]] = {}
+        self._jobs: dict[int, asyncio.Task[str | None]] = {}  # labelling jobs not done yet
+        self._results: dict[int, str | None] = {}  # labels of done jobs, until their final takes them
         self._last: asyncio.Task[str | None] | None = None
         self._pending = 0
         self.skipped = 0  # utterances over the bound (labelled at finalization)
@@ -122,7 +135,7 @@ class SourceSpeakers:
 
     def submit(self, item: int, start_ms: int, end_ms: int) -> None:
         """Label the utterance ``item`` (source clock, ms) on the pool, after the source's earlier utterances."""
-        if item in self._jobs or end_ms - start_ms < MIN_UTTERANCE_MS:
+        if item in self._jobs or item in self._results or item in self._spans or end_ms - start_ms < MIN_UTTERANCE_MS:
             return
         if not self.live:
             self.paused += 1
@@ -143,30 +156,43 @@ class SourceSpeakers:
 
         self._pending += 1
         task = loop.create_task(job(), name=f"speaker-{self.source}-{item}")
-        task.add_done_callback(self._done)
+        task.add_done_callback(functools.partial(self._done, item))
         self._jobs[item] = self._last = task
 
-    def _done(self, task: asyncio.Task[str | None]) -> None:
+    def _done(self, item: int, task: asyncio.Task[str | None]) -> None:
+        """A job ended: only its label is kept (until its final takes it), not the task."""
         self._pending -= 1
+        self._jobs.pop(item, None)
+        if not task.cancelled() and task.exception() is None:
+            self._results[item] = task.result()
+            while len(self._results) > MAX_UNTAKEN:  # labels of items whose final never asked (empty text)
+                del self._results[next(iter(self._results))]
 
     def job(self, item: int) -> asyncio.Task[str | None] | None:
+        """The labelling job of ``item`` while it runs (None once done)."""
         return self._jobs.get(item)
 
     async def label(self, item: int, wait_s: float) -> str | None:
-        """The live label of ``item``, waiting at most ``wait_s`` for it (None if not ready or not labelled)."""
+        """The live label of ``item``, waiting at most ``wait_s`` for it (None if not ready or not labelled). Its
+        final asks once: a label given here is forgotten (the label stays in the transcript)."""
+        if item in self._results:
+            self.waits_ms.append(0.0)
+            return self._results.pop(item)
         task = self._jobs.get(item)
         if task is None:
             return None
+        t0 = time.perf_counter()
+        await asyncio.wait([task], timeout=wait_s)
+        self.waits_ms.append((time.perf_counter() - t0) * 1000)
         if not task.done():
-            t0 = time.perf_counter()
-            await asyncio.wait([task], timeout=wait_s)
-            self.waits_ms.append((time.perf_counter() - t0) * 1000)
-            if not task.done():
-                self.late += 1
-                return None
-        else:
-            self.waits_ms.append(0.0)
+            self.late += 1
+            return None
+        self._results.pop(item, None)
         return None if task.cancelled() or task.exception() is not None else task.result()
+
+    def take_turns(self, item: int) -> tuple[tuple[int, int, str], ...]:
+        """The live speaker turns of ``item``, for its final (forgotten here afterwards)."""
+        return self.live_turns.pop(item, ())
 
     def _add(self, item: int, start_ms: int, end_ms: int) -> str | None:
         """On the pool: read the utterance's audio, embed and label it (runs in utterance order)."""
@@ -220,8 +246,12 @@ class SourceSpeakers:
         return labels, named
 
     def cancel(self) -> None:
-        for task in self._jobs.values():
+        for task in list(self._jobs.values()):
             task.cancel()
+
+    def close(self) -> None:
+        """The session ended: close the tracker's embeddings file."""
+        self._tracker.close()
 
 
 def _lower_priority(nice: int) -> None:

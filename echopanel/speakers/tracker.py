@@ -5,8 +5,9 @@ finds no pause between turns). So each utterance is cut into even pieces of abou
 is embedded and labelled, and runs of equal labels become speaker turns. 1 s pieces were the best trade here
 between turn resolution and embedding noise (see tests/speakers/test_clustering.py).
 
-Memory: the online clusterer is bounded; the tracker also keeps every piece's embedding (1 KB per second of speech)
-for the final re-clustering, so about 3.7 MB per hour of speech per source.
+Memory: the online clusterer is bounded; what the final re-clustering needs of every piece (its time, live label and
+embedding) is in a ``PieceLog`` (``pieces.py``): ~70 KB per hour of speech in memory, the embeddings (~3.7 MB per hour
+of speech) in a file when the tracker is given one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +27,8 @@ from echopanel.speakers.clustering import (
     OnlineClusterer,
     recluster,
 )
-from echopanel.speakers.embedding import SAMPLE_RATE, SpeakerEncoder
+from echopanel.speakers.embedding import EMBEDDING_SIZE, SAMPLE_RATE, SpeakerEncoder
+from echopanel.speakers.pieces import PieceLog
 
 DEFAULT_PIECE_S = 1.0
 
@@ -68,14 +71,6 @@ def main_speaker(turns: Sequence[SpeakerTurn]) -> str | None:
     return next(t.speaker for t in turns if time[t.speaker] == top)
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    start_s: float
-    end_s: float
-    embedding: npt.NDArray[np.float32]
-    live: str
-
-
 class SpeakerTracker:
     """Live and final speaker turns for one source. Deterministic; not thread-safe (one caller at a time)."""
 
@@ -88,6 +83,7 @@ class SpeakerTracker:
         slack: float = DEFAULT_SLACK,
         max_speakers: int = DEFAULT_MAX_SPEAKERS,
         sample_rate: int = SAMPLE_RATE,
+        embeddings_path: Path | None = None,
     ) -> None:
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"the speaker encoder needs {SAMPLE_RATE} Hz audio")
@@ -98,7 +94,7 @@ class SpeakerTracker:
         self._slack = slack
         self._max_speakers = max_speakers
         self._online = OnlineClusterer(base, slack, max_speakers=max_speakers)
-        self._pieces: list[_Piece] = []
+        self._pieces = PieceLog(EMBEDDING_SIZE, embeddings_path)
 
     def add_utterance(self, audio: npt.NDArray[np.float32], start_s: float) -> list[SpeakerTurn]:
         """Live turns of one closed utterance (float32 16 kHz audio starting at ``start_s`` on the source clock)."""
@@ -116,27 +112,37 @@ class SpeakerTracker:
             for a, b in mine:
                 emb = next(embeddings)
                 label = self._online.assign(emb, (b - a) / self._rate)
-                piece = _Piece(start_s + a / self._rate, start_s + b / self._rate, emb, label)
-                self._pieces.append(piece)
-                turns.append(SpeakerTurn(piece.start_s, piece.end_s, label))
+                piece_start, piece_end = start_s + a / self._rate, start_s + b / self._rate
+                self._pieces.append(piece_start, piece_end, emb, label)
+                turns.append(SpeakerTurn(piece_start, piece_end, label))
             out.append(merge_turns(turns))
         return out
 
     def live_turns(self) -> list[SpeakerTurn]:
         """Every piece so far with the label it was given live."""
-        return merge_turns([SpeakerTurn(p.start_s, p.end_s, p.live) for p in self._pieces])
+        p = self._pieces
+        return merge_turns([SpeakerTurn(p.starts[i], p.ends[i], p.live(i)) for i in range(len(p))])
 
     def final_turns(self) -> list[SpeakerTurn]:
         """Every piece so far re-labelled with all of the session's speech (``recluster``)."""
-        if not self._pieces:
+        p = self._pieces
+        if not len(p):
             return []
-        pieces = sorted(self._pieces, key=lambda p: p.start_s)  # utterances labelled at finalization came last
+        starts = np.frombuffer(p.starts, dtype=np.float64)
+        ends = np.frombuffer(p.ends, dtype=np.float64)
+        order = np.argsort(starts, kind="stable")  # utterances labelled at finalization came last
+        live = p.live_labels()
         labels = recluster(
-            np.stack([p.embedding for p in pieces]),
-            [p.end_s - p.start_s for p in pieces],
-            [p.live for p in pieces],
+            p.embeddings()[order],
+            [float(ends[i] - starts[i]) for i in order],
+            [live[i] for i in order],
             self._base,
             self._slack,
             max_speakers=self._max_speakers,
         )
-        return merge_turns([SpeakerTurn(p.start_s, p.end_s, lab) for p, lab in zip(pieces, labels, strict=True)])
+        turns = [SpeakerTurn(float(starts[i]), float(ends[i]), lab) for i, lab in zip(order, labels, strict=True)]
+        return merge_turns(turns)
+
+    def close(self) -> None:
+        """Close the embeddings file (the tracker is done; its turns stay readable)."""
+        self._pieces.close()

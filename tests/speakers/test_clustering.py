@@ -10,6 +10,7 @@ fixtures: 4 real voices in total, 2 of them on one telephone line.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,3 +343,18 @@ def test_tracker_turns_cover_the_utterance(encoder: SpeakerEncoder) -> None:
     turns = tracker.add_utterance(audio, 2.0)
     assert turns[0].start_s == 2.0 and turns[-1].end_s == pytest.approx(2.0 + len(audio) / SR)
     assert all(a.end_s == b.start_s for a, b in itertools.pairwise(turns))
+
+
+def test_pieces_kept_on_disk_give_the_same_turns(encoder: SpeakerEncoder, tmp_path: Path) -> None:
+    """The final re-clustering reads the embeddings back from the tracker's file: the same turns as in memory."""
+    phone = read("phone/sample.wav")
+    in_memory, on_disk = SpeakerTracker(encoder), SpeakerTracker(encoder, embeddings_path=tmp_path / "mic.emb")
+    for tracker in (in_memory, on_disk):
+        for start in range(0, len(phone) - 16000, 48000):
+            tracker.add_utterance(phone[start : start + 48000], start / 16000)
+    pieces = sum(len(split_even(len(phone[s : s + 48000]), 16000)) for s in range(0, len(phone) - 16000, 48000))
+    on_disk.final_turns()  # flushes the file
+    assert (tmp_path / "mic.emb").stat().st_size == pieces * 256 * 4  # one float32 row per piece, on disk
+    assert on_disk.live_turns() == in_memory.live_turns()
+    assert on_disk.final_turns() == in_memory.final_turns()
+    on_disk.close()

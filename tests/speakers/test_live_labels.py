@@ -90,9 +90,10 @@ async def test_cancel_stops_waiting_jobs(encoder: SpeakerEncoder, speech: np.nda
     src = SourceSpeakers(service, "mic", reader(speech, gate))
     src.submit(1, 0, 2000)
     src.submit(2, 2000, 4000)
+    job = src.job(2)
     src.cancel()
     gate.set()
     await asyncio.sleep(0.05)
-    job = src.job(2)
     assert job is not None and job.cancelled()
+    assert src.job(2) is None  # a job that ended is not kept
     service.close()

@@ -20,6 +20,7 @@ LONG_RUN_MIN = 120.0  # from this many minutes of audio: hour figures, and a coa
 TARGET_GROWTH_MB = 50.0  # growth after the first audio minute (the 30-minute figure of docs/behaviour.md)
 TARGET_GROWTH_AFTER_MB = 30.0  # issue 16: growth after minute 10, 8 hours of audio
 TARGET_SLOPE_MB_H = 5.0  # issue 16: RSS slope after minute 10
+RETAINED_WINDOW_S = 30.0  # wall time per retained-RSS point: the server's malloc-trim period (memory_trim_s)
 TARGET_SESSIONS_MB = 30.0  # issue 16: RSS after the last close minus after the first, back-to-back sessions
 TARGET_COST_RATIO = 1.1  # issue 16: per-utterance cost last hour / first hour
 
@@ -45,6 +46,7 @@ class Sample:
     other_cpus: float  # CPUs busy in other processes since the previous sample
     phase: str  # "idle" (before the session opened), "streaming", or "closed" (after the session ended)
     after_close_s: float | None = None  # phase "closed": seconds since the connection closed
+    rss_min_mb: float | None = None  # the lowest RSS read (every 0.25 s) since the previous sample, this one included
 
 
 @dataclass
@@ -198,13 +200,40 @@ def _rows(
 
 
 def rss_slope(samples: list[Sample], from_min: float) -> dict[str, Any]:
-    """Least-squares RSS against transcribed audio minutes over the streaming samples at or after ``from_min``.
+    """The trend of every streaming sample's RSS (transient decode memory included) at or after ``from_min``."""
+    return trend([(s.transcribed_min, s.rss_mb) for s in samples if s.phase == "streaming"], from_min)
 
-    ``growth_after_mb``: the max RSS of those samples minus the RSS of the first of them (the one at ``from_min``).
+
+def retained_series(samples: list[Sample], window_s: float) -> list[tuple[float, float]]:
+    """(transcribed audio minute, retained RSS) per ``window_s`` of wall time while streaming.
+
+    Retained RSS is the lowest RSS read in the window: what the server holds between decodes. Samples taken while
+    a decode runs also count that decode's working set (encoder activations, beam caches: tens of MB that come and
+    go within a second), which says nothing about what a long session accumulates. A window as long as the
+    server's malloc-trim period holds at least one trim, so free heap waiting for it does not count either.
     """
-    points = [
-        (s.transcribed_min, s.rss_mb) for s in samples if s.phase == "streaming" and s.transcribed_min >= from_min
-    ]
+    during = [s for s in samples if s.phase == "streaming"]
+    out: list[tuple[float, float]] = []
+    if not during:
+        return out
+    t0 = during[0].wall_s
+    bucket: list[Sample] = []
+    for s in during:
+        if bucket and s.wall_s - t0 >= window_s:
+            out.append((bucket[-1].transcribed_min, min(b.rss_min_mb or b.rss_mb for b in bucket)))
+            bucket, t0 = [], s.wall_s
+        bucket.append(s)
+    if bucket and bucket[-1].wall_s - t0 >= window_s / 2:  # a last window of at least half the length
+        out.append((bucket[-1].transcribed_min, min(b.rss_min_mb or b.rss_mb for b in bucket)))
+    return out
+
+
+def trend(points: list[tuple[float, float]], from_min: float) -> dict[str, Any]:
+    """Least-squares slope (MB per hour of audio) and growth over the points at or after ``from_min``.
+
+    ``growth_after_mb``: the highest point minus the first one (the one at ``from_min``).
+    """
+    points = [p for p in points if p[0] >= from_min]
     out: dict[str, Any] = {"from_min": from_min, "samples": len(points)}
     if not points:
         return out
@@ -217,6 +246,7 @@ def rss_slope(samples: list[Sample], from_min: float) -> dict[str, Any]:
         "rss_max_after_mb": top[1],
         "rss_max_at_audio_min": top[0],
         "growth_after_mb": top[1] - at_rss,
+        "last_mb": points[-1][1],
         "span_min": max(xs) - min(xs),
         "slope_mb_per_hour": None,
     }
@@ -237,6 +267,7 @@ def analyse(
     sources: list[str],
     *,
     slope_from_min: float = 10.0,
+    retained_window_s: float = RETAINED_WINDOW_S,
 ) -> tuple[list[MinuteRow], dict[str, Any]]:
     finals = sorted(finals, key=lambda f: (f.start_ms, f.source))
     rows = _rows(minutes, samples, finals, placed, sources, 1)
@@ -258,6 +289,7 @@ def analyse(
     head = window(finals, placed, sources, 0, span)
     tail = window(finals, placed, sources, minutes - span, minutes)
     slope = rss_slope(samples, slope_from_min)
+    retained = retained_series(samples, retained_window_s)
     summary: dict[str, Any] = {
         "audio_minutes": minutes,
         "sources": sources,
@@ -270,6 +302,10 @@ def analyse(
         "growth_target_mb": TARGET_GROWTH_MB,
         "growth_pass": growth is not None and growth <= TARGET_GROWTH_MB,
         "rss_slope": slope,
+        "retained_window_s": retained_window_s,
+        "retained_series": retained,
+        "retained": trend(retained, slope_from_min),
+        "retained_first_minute_mb": next((mb for m, mb in retained if m >= 1.0), None),
         "growth_after_target_mb": TARGET_GROWTH_AFTER_MB,
         "slope_target_mb_per_hour": TARGET_SLOPE_MB_H,
         "rss_after_close_mb": close_mb,
@@ -376,6 +412,30 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def _print_trend(what: str, sl: dict[str, Any], *, verdict: bool) -> None:
+    """Slope and growth after ``from_min``; with ``verdict`` against issue 16's targets, else for information."""
+    if not sl:
+        return
+    after = f"after minute {sl['from_min']:g}"
+    if sl.get("slope_mb_per_hour") is None:
+        why = "no samples" if not sl["samples"] else f"{sl['samples']} sample(s)"
+        print(f"{what + ' slope ' + after:<46} n/a ({why} at or after audio minute {sl['from_min']:g})")
+        return
+    slope_ok = sl["slope_mb_per_hour"] <= TARGET_SLOPE_MB_H
+    growth_ok = sl["growth_after_mb"] <= TARGET_GROWTH_AFTER_MB
+    tail_slope = f"target <= {TARGET_SLOPE_MB_H:g}  {_verdict(slope_ok)}" if verdict else "(transient included)"
+    tail_growth = f"target <= {TARGET_GROWTH_AFTER_MB:g} MB  {_verdict(growth_ok)}" if verdict else ""
+    print(
+        f"{what + ' slope ' + after:<46} {sl['slope_mb_per_hour']:+.1f} MB per hour   {tail_slope}"
+        f"  (least squares, {sl['samples']} points over {sl['span_min']:.1f} audio min)"
+    )
+    where = (
+        f"{sl['rss_at_from_mb']:.1f} MB at minute {sl['at_audio_min']:.1f}, max {sl['rss_max_after_mb']:.1f} MB"
+        f" at {sl['rss_max_at_audio_min']:.1f}, last {sl['last_mb']:.1f} MB"
+    )
+    print(f"{what + ' growth ' + after:<46} {sl['growth_after_mb']:+.1f} MB   {tail_growth}  ({where})")
+
+
 def print_report(r: SoakResult, table_rows_: list[MinuteRow] | None = None) -> None:
     """The table (``table_rows_``, else the per-minute rows) and the summary of one session."""
     print_table(table_rows_ if table_rows_ is not None else r.rows, r.sources)
@@ -407,23 +467,13 @@ def print_report(r: SoakResult, table_rows_: list[MinuteRow] | None = None) -> N
         f"{'growth':<46} {fmt(s['rss_growth_mb'], '+.1f', ' MB')}   target <= {TARGET_GROWTH_MB:g} MB  "
         f"{_verdict(s['growth_pass'])}"
     )
-    sl = s["rss_slope"]
-    after = f"after minute {sl['from_min']:g}"
-    if sl.get("slope_mb_per_hour") is None:
-        why = "no samples" if not sl["samples"] else f"{sl['samples']} sample(s)"
-        print(f"{'RSS slope ' + after:<46} n/a ({why} at or after audio minute {sl['from_min']:g})")
-    else:
+    _print_trend("retained RSS", s.get("retained") or {}, verdict=True)
+    if s.get("retained"):
         print(
-            f"{'RSS slope ' + after:<46} {sl['slope_mb_per_hour']:+.1f} MB per hour   target <= "
-            f"{TARGET_SLOPE_MB_H:g}  {_verdict(sl['slope_mb_per_hour'] <= TARGET_SLOPE_MB_H)}"
-            f"  (least squares, {sl['samples']} samples over {sl['span_min']:.1f} audio min)"
+            f"{'':<46} (the lowest RSS in each {s['retained_window_s']:g} s of wall time: what the server holds"
+            " between decodes)"
         )
-    if sl["samples"]:
-        print(
-            f"{'growth ' + after:<46} {sl['growth_after_mb']:+.1f} MB   target <= {TARGET_GROWTH_AFTER_MB:g} MB  "
-            f"{_verdict(sl['growth_after_mb'] <= TARGET_GROWTH_AFTER_MB)}  ({sl['rss_at_from_mb']:.1f} MB at minute "
-            f"{sl['at_audio_min']:.1f}, max {sl['rss_max_after_mb']:.1f} MB at {sl['rss_max_at_audio_min']:.1f})"
-        )
+    _print_trend("RSS (every sample)", s["rss_slope"], verdict=False)
     print(
         f"{'RSS right after close (vs idle)':<46} {fmt(s['rss_after_close_mb'], '.1f', ' MB')}"
         f" ({fmt(s['rss_after_close_vs_idle_mb'], '+.1f', ' MB')})"

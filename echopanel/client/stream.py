@@ -46,6 +46,27 @@ async def send_source(
             on_chunk(source, offset // BYTES_PER_SAMPLE, time.monotonic())
 
 
+async def send_interleaved(
+    client: LiveClient,
+    audio: Mapping[str, bytes],
+    *,
+    chunk_ms: int = 40,
+    on_chunk: Callable[[str, int, float], None] | None = None,
+) -> None:
+    """Send several sources as fast as accepted, in recorded order: every source's chunk at one offset, then the next.
+
+    One sender per source would not do: a send that does not fill the socket's buffer never yields, so the first
+    source's whole stream goes out before the second one's first chunk.
+    """
+    step = client.sample_rate * chunk_ms // 1000 * BYTES_PER_SAMPLE
+    for offset in range(0, max(len(pcm) for pcm in audio.values()), step):
+        for source, pcm in audio.items():
+            if offset < len(pcm):
+                await client.send_audio(source, pcm[offset : offset + step])
+                if on_chunk is not None:
+                    on_chunk(source, offset // BYTES_PER_SAMPLE, time.monotonic())
+
+
 async def transcribe(
     client: LiveClient,
     audio: Mapping[str, bytes],
@@ -66,12 +87,15 @@ async def transcribe(
 
     receiver = asyncio.create_task(receive())
     t0 = time.monotonic()
-    await asyncio.gather(
-        *(
-            send_source(client, source, pcm, realtime=realtime, chunk_ms=chunk_ms, on_chunk=on_chunk, t0=t0)
-            for source, pcm in audio.items()
+    if realtime or len(audio) == 1:
+        await asyncio.gather(
+            *(
+                send_source(client, source, pcm, realtime=realtime, chunk_ms=chunk_ms, on_chunk=on_chunk, t0=t0)
+                for source, pcm in audio.items()
+            )
         )
-    )
+    else:
+        await send_interleaved(client, audio, chunk_ms=chunk_ms, on_chunk=on_chunk)
     await client.close_session()
     await receiver
     return view

@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
 .venv/bin/ruff check echopanel tests bench scripts
+.venv/bin/ruff format --check echopanel tests bench scripts
 .venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"

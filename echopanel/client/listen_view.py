@@ -52,7 +52,6 @@ class SourceLink:
         return self.capture.role
 
 
-
 class ListenView:
     """Terminal output: finals as lines; in a terminal also a live status block with partials."""
 

@@ -86,6 +86,9 @@ class SpeechStream(Protocol):
     def set_language(self, language: str) -> None:
         """The language of the next decodes on (one of the engine's ``capabilities.languages``)."""
 
+    def set_agreement(self, decodes: int) -> None:
+        """From the next utterance on, how many consecutive decodes must agree before words are stable."""
+
     async def clear(self, skip: int = 0) -> None:
         """Drop the open utterance without transcribing it; then move the clock over ``skip`` samples (engine rate)
         of audio the session dropped unheard (``input_audio_buffer.clear`` of queued audio), so item times stay

@@ -62,6 +62,7 @@ class UpdateSession:
     language: str | None = None
     turns: TurnSettings | None = None
     prompt: str | None = None
+    agreement: int | None = None  # decodes that must agree before text is stable (OpenAI ``delay``)
     event_id: str | None = None
 
 

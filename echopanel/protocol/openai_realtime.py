@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import math
 import uuid
-from dataclasses import dataclass, replace
+from collections import deque
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -38,51 +39,10 @@ from echopanel.events import (
 from echopanel.protocol import commands as cmd
 from echopanel.protocol.errors import ErrorCode, ProtocolError, load_event
 from echopanel.protocol.native import whole_samples, words_wire
+from echopanel.protocol.openai_session import SAMPLE_RATE, EffectiveConfig, apply_update, parse_beta, parse_ga
 
-SAMPLE_RATE = 24000
 SOURCE = "mic"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AudioFormat(_Strict):
-    type: str = "audio/pcm"
-    rate: int | None = None
-
-
-class Transcription(_Strict):
-    model: str | None = None
-    language: str | None = None
-    prompt: str | None = None
-
-
-class TurnDetection(_Strict):
-    type: str
-    threshold: float | None = None
-    prefix_padding_ms: int | None = None
-    silence_duration_ms: int | None = None
-    create_response: bool | None = None  # no model responses here; accepted and ignored
-    interrupt_response: bool | None = None
-    idle_timeout_ms: int | None = None
-
-
-class AudioInput(_Strict):
-    format: AudioFormat | None = None
-    transcription: Transcription | None = None
-    turn_detection: TurnDetection | None = None
-    noise_reduction: dict[str, Any] | None = None
-
-
-class Audio(_Strict):
-    input: AudioInput | None = None
-
-
-class SessionConfig(_Strict):
-    type: str
-    audio: Audio | None = None
-    include: list[str] | None = None
+RACE_MS = 1500  # a client commit finding nothing this soon after the server VAD's own commit is that same commit
 
 
 class _Event(BaseModel):
@@ -92,6 +52,11 @@ class _Event(BaseModel):
 
 class SessionUpdate(_Event):
     type: Literal["session.update"]
+    session: dict[str, Any]
+
+
+class BetaSessionUpdate(_Event):
+    type: Literal["transcription_session.update"]
     session: dict[str, Any]
 
 
@@ -110,6 +75,7 @@ class Clear(_Event):
 
 _EVENTS: dict[str, type[_Event]] = {
     "session.update": SessionUpdate,
+    "transcription_session.update": BetaSessionUpdate,
     "input_audio_buffer.append": Append,
     "input_audio_buffer.commit": Commit,
     "input_audio_buffer.clear": Clear,
@@ -137,125 +103,6 @@ def _validation_error(exc: ValidationError, event_id: str | None, prefix: str) -
     err = exc.errors()[0]
     param = prefix + ".".join(str(p) for p in err["loc"])
     return ProtocolError(ErrorCode.INVALID_EVENT, f"{param}: {err['msg']}", param=param, event_id=event_id)
-
-
-@dataclass
-class EffectiveConfig:
-    """What the session actually does, echoed in session.created / session.updated."""
-
-    model: str
-    language: str = "en"
-    prompt: str = ""
-    vad: bool = True
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 300
-
-    def as_session(self, session_id: str) -> dict[str, Any]:
-        turn = (
-            {
-                "type": "server_vad",
-                "threshold": self.threshold,
-                "prefix_padding_ms": self.prefix_padding_ms,
-                "silence_duration_ms": self.silence_duration_ms,
-            }
-            if self.vad
-            else None
-        )
-        return {
-            "type": "transcription",
-            "id": session_id,
-            "object": "realtime.transcription_session",
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": SAMPLE_RATE},
-                    "transcription": {"model": self.model, "language": self.language, "prompt": self.prompt},
-                    "turn_detection": turn,
-                    "noise_reduction": None,
-                }
-            },
-            "include": None,
-        }
-
-
-def apply_update(
-    config: EffectiveConfig, raw: dict[str, Any], event_id: str | None, languages: tuple[str, ...] = ("en",)
-) -> EffectiveConfig:
-    """Validate a ``session.update`` and return the new effective config; unsupported options name their param."""
-    try:
-        update = SessionConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise _validation_error(exc, event_id, prefix="session.") from None
-
-    def unsupported(param: str, message: str, code: ErrorCode = ErrorCode.INVALID_EVENT) -> ProtocolError:
-        return ProtocolError(code, message, param=param, event_id=event_id)
-
-    if update.type != "transcription":
-        raise unsupported("session.type", f"session type {update.type!r} is not supported; use 'transcription'")
-    if update.include:
-        raise unsupported("session.include", "include options are not supported")
-    new = replace(config)
-    audio_in = update.audio.input if update.audio else None
-    if audio_in is None:
-        return new
-    fmt = audio_in.format
-    if fmt is not None:
-        if fmt.type != "audio/pcm":
-            raise unsupported(
-                "session.audio.input.format.type",
-                f"audio format {fmt.type!r} is not supported; use 'audio/pcm'",
-                ErrorCode.UNSUPPORTED_FORMAT,
-            )
-        if fmt.rate not in (None, SAMPLE_RATE):
-            raise unsupported(
-                "session.audio.input.format.rate",
-                f"rate {fmt.rate} is not supported; use {SAMPLE_RATE}",
-                ErrorCode.UNSUPPORTED_SAMPLE_RATE,
-            )
-    if audio_in.noise_reduction is not None:
-        raise unsupported("session.audio.input.noise_reduction", "noise reduction is not supported; use null")
-    tr = audio_in.transcription
-    if tr is not None:
-        if tr.language is not None and tr.language not in languages:
-            raise unsupported(
-                "session.audio.input.transcription.language",
-                f"language {tr.language!r} is not supported by this model; use one of {list(languages)}",
-                ErrorCode.UNSUPPORTED_LANGUAGE,
-            )
-        if tr.language is not None:
-            new.language = tr.language
-        if tr.prompt is not None:
-            new.prompt = tr.prompt[-500:]
-    if "turn_detection" in audio_in.model_fields_set:
-        td = audio_in.turn_detection
-        if td is None:
-            new.vad = False
-        else:
-            if td.type != "server_vad":
-                raise unsupported(
-                    "session.audio.input.turn_detection.type",
-                    f"turn detection {td.type!r} is not supported; use 'server_vad' or null",
-                )
-            if td.idle_timeout_ms is not None:
-                raise unsupported("session.audio.input.turn_detection.idle_timeout_ms", "idle timeout is not supported")
-            new.vad = True
-            if td.threshold is not None:
-                if not 0.0 < td.threshold < 1.0:
-                    raise unsupported("session.audio.input.turn_detection.threshold", "threshold must be in (0, 1)")
-                new.threshold = td.threshold
-            if td.prefix_padding_ms is not None:
-                if not 0 <= td.prefix_padding_ms <= 2000:
-                    raise unsupported(
-                        "session.audio.input.turn_detection.prefix_padding_ms", "prefix_padding_ms must be 0-2000"
-                    )
-                new.prefix_padding_ms = td.prefix_padding_ms
-            if td.silence_duration_ms is not None:
-                if not 100 <= td.silence_duration_ms <= 5000:
-                    raise unsupported(
-                        "session.audio.input.turn_detection.silence_duration_ms", "silence_duration_ms must be 100-5000"
-                    )
-                new.silence_duration_ms = td.silence_duration_ms
-    return new
 
 
 class EventIds:
@@ -291,6 +138,9 @@ class OpenAICodec:
         self.ids = EventIds()
         self.config = EffectiveConfig(model=model)
         self.previous_item: str | None = None
+        self._update_shapes: deque[bool] = deque()  # per applied update, oldest first: answer in the beta shape?
+        self._appended_ms = 0.0  # audio the client appended
+        self._vad_commit_ms: float | None = None  # audio_end_ms of the server VAD's latest commit
 
     # -- client -> server --------------------------------------------------------------------------------------------
 
@@ -304,17 +154,22 @@ class OpenAICodec:
                     ErrorCode.INVALID_AUDIO, "audio is not valid base64", param="audio", event_id=event.event_id
                 ) from None
             try:
-                return cmd.AppendAudio(SOURCE, whole_samples(pcm), event.event_id)
+                samples = whole_samples(pcm)
             except ProtocolError as err:
                 err.event_id = event.event_id
                 raise
+            self._appended_ms += len(samples) / 2 / SAMPLE_RATE * 1000
+            return cmd.AppendAudio(SOURCE, samples, event.event_id)
         if isinstance(event, Commit):
             return cmd.CommitAudio((SOURCE,), event.event_id)
         if isinstance(event, Clear):
             return cmd.ClearAudio((SOURCE,), event.event_id)
-        assert isinstance(event, SessionUpdate)
-        new = apply_update(self.config, event.session, event.event_id, self.languages)
+        assert isinstance(event, SessionUpdate | BetaSessionUpdate)
+        beta = isinstance(event, BetaSessionUpdate)
+        update = parse_beta(event.session, event.event_id) if beta else parse_ga(event.session, event.event_id)[0]
+        new = apply_update(self.config, update, event.event_id, self.languages, beta=beta)
         old, self.config = self.config, new
+        self._update_shapes.append(beta)
         turns = None
         if (new.vad, new.threshold, new.prefix_padding_ms, new.silence_duration_ms) != (
             old.vad,
@@ -331,7 +186,8 @@ class OpenAICodec:
         return cmd.UpdateSession(
             language=new.language if new.language != old.language else None,
             turns=turns,
-            prompt=new.prompt if new.prompt != old.prompt else None,
+            prompt=new.decoder_prompt if new.decoder_prompt != old.decoder_prompt else None,
+            agreement=new.agreement if new.agreement != old.agreement else None,
             event_id=event.event_id,
         )
 
@@ -348,6 +204,10 @@ class OpenAICodec:
         if isinstance(event, SessionCreated):
             return [self._session("session.created", event.info.id)]
         if isinstance(event, SessionUpdated):
+            beta = self._update_shapes.popleft() if self._update_shapes else False
+            if beta:
+                session = self.config.as_beta_session(event.session_id)
+                return [{"type": "transcription_session.updated", "event_id": self.ids.next(), "session": session}]
             return [self._session("session.updated", event.session_id)]
         if isinstance(event, AudioCleared):
             return [{"type": "input_audio_buffer.cleared", "event_id": self.ids.next()}]
@@ -373,8 +233,13 @@ class OpenAICodec:
                 return [self._stopped(ev)] if self.config.vad else []
             # Server VAD (or the length cap) ended the turn: it is committed at once.
             stopped = [self._stopped(ev)] if self.config.vad else []
+            self._vad_commit_ms = float(ev.audio_end_ms)
             return [*stopped, self._committed(ev.item)]
         if isinstance(ev, Committed):
+            if ev.item is None and self._lost_race():
+                # The client's own VAD ended the same turn the server's VAD had just committed: that commit has
+                # happened; no second item, no error (docs/protocol.md, "Client commits beside server VAD").
+                return []
             if ev.item is None:
                 err = ErrorEvent(
                     str(ErrorCode.COMMIT_EMPTY), "the input audio buffer holds no speech to commit",
@@ -443,7 +308,19 @@ class OpenAICodec:
             "end_ms": ev.end_ms,
             "words": words_wire(ev.words),
         }
+        if self.config.logprobs:
+            completed["logprobs"] = [
+                {
+                    "token": w.text,
+                    "logprob": round(math.log(max(w.confidence, 1e-6)), 4),
+                    "bytes": list(w.text.encode()),
+                }
+                for w in ev.words
+            ]
         return [*segment, completed]  # the segment first, so a client that stops at completed has both
+
+    def _lost_race(self) -> bool:
+        return self._vad_commit_ms is not None and self._appended_ms - self._vad_commit_ms <= RACE_MS
 
     def _session(self, kind: str, session_id: str) -> dict[str, Any]:
         return {"type": kind, "event_id": self.ids.next(), "session": self.config.as_session(session_id)}

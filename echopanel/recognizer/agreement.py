@@ -21,9 +21,15 @@ def _key(word: str) -> str:
 
 
 class LocalAgreement:
-    def __init__(self) -> None:
+    """``agree`` consecutive decodes must agree on a word before it is stable (2 by default; 1 commits each
+    hypothesis but its last word at once, larger waits for more decodes)."""
+
+    def __init__(self, agree: int = 2) -> None:
+        if agree < 1:
+            raise ValueError("agree must be >= 1")
+        self.agree = agree
         self.stable: list[str] = []
-        self._previous: list[str] | None = None
+        self._history: list[list[str]] = []  # the last agree - 1 hypotheses, each after the stable text
         self.tentative: list[str] = []
 
     @property
@@ -38,21 +44,21 @@ class LocalAgreement:
     def observe(self, hypothesis: list[str]) -> None:
         """Show a hypothesis as tentative without letting it take part in agreement (too early to trust)."""
         self.tentative = [w for w in hypothesis if _key(w)]
-        self._previous = None
+        self._history = []
 
     def update(self, hypothesis: list[str]) -> str:
         """Feed the words the decoder produced after the stable prefix; return the newly stable text."""
         hypothesis = [w for w in hypothesis if _key(w)]
-        previous = self._previous
-        self._previous = hypothesis
+        others = self._history[-(self.agree - 1) :] if self.agree > 1 else []
         n = 0
-        if previous is not None:
-            limit = min(len(previous), len(hypothesis) - 1)
-            while n < limit and _key(previous[n]) == _key(hypothesis[n]):
+        if len(others) == self.agree - 1:
+            limit = min([len(hypothesis) - 1, *(len(h) for h in others)])
+            while n < limit and all(_key(h[n]) == _key(hypothesis[n]) for h in others):
                 n += 1
         new = hypothesis[:n]
         before = self.stable_text
         self.stable.extend(new)
-        self._previous = hypothesis[n:]
+        keep = self.agree - 2  # earlier hypotheses still needed next time, besides this one
+        self._history = [h[n:] for h in (others[-keep:] if keep > 0 else [])] + [hypothesis[n:]]
         self.tentative = hypothesis[n:]
         return self.stable_text[len(before) :]

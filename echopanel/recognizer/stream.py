@@ -114,6 +114,7 @@ class VadStreamingRecognizer:
         self._requests: deque[str | None] = deque()
         self._context = ""
         self._prompt = options.prompt
+        self._agree = options.agreement
         self._language = options.language
         self._gap_end: int | None = None
         self._events: asyncio.Queue[object] = asyncio.Queue(settings.event_queue_size)
@@ -185,7 +186,7 @@ class VadStreamingRecognizer:
             if cut is not None:
                 # The gap cut this utterance: close it with the stable text already sent, undecoded; the session
                 # transcribes the whole utterance again from the recording.
-                item = open_item if open_item is not None and open_item.utt is cut else _Item(cut)
+                item = open_item if open_item is not None and open_item.utt is cut else _Item(cut, LocalAgreement(self._agree))
                 self._open = None
                 if self._partial_job is not None and not self._partial_job.done():
                     self._partial_job.cancel()
@@ -208,6 +209,9 @@ class VadStreamingRecognizer:
 
     def set_language(self, language: str) -> None:
         self._language = language
+
+    def set_agreement(self, decodes: int) -> None:
+        self._agree = decodes
 
     async def clear(self, skip: int = 0) -> None:
         async with self._lock:
@@ -282,14 +286,14 @@ class VadStreamingRecognizer:
     async def _on_segment(self, ev: Opened | Closed) -> None:
         utt = ev.utterance
         if isinstance(ev, Opened):
-            self._open = _Item(utt)
+            self._open = _Item(utt, LocalAgreement(self._agree))
             if self._gap_end is not None:
                 # Speech already going on when a shed gap ended: this utterance starts mid-phrase.
                 self._open.cut = utt.onset - self._gap_end <= 3 * WINDOW
                 self._gap_end = None
             await self._emit(SpeechStarted(utt.item, utt.onset // self._ms, utt.audio_start // self._ms))
             return
-        item = self._open if self._open is not None and self._open.utt is utt else _Item(utt)
+        item = self._open if self._open is not None and self._open.utt is utt else _Item(utt, LocalAgreement(self._agree))
         self._open = None
         if self._partial_job is not None and not self._partial_job.done():
             self._partial_job.cancel()  # not started yet: the final supersedes it

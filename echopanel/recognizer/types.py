@@ -19,6 +19,7 @@ class StreamOptions:
     turn_detection: bool = True  # False: utterances end only on commit (or the hard length cap)
     language: str = "en"
     prompt: str = ""  # text the client gives to guide the decoder (names, terms)
+    agreement: int = 2  # consecutive decodes that must agree before words are stable (recognizer/agreement.py)
     partials: bool = True  # False: finals only (repair, batch work)
     primary_only: bool = False  # fallback chains: decode with the first engine only (re-decoding fallback items)
 

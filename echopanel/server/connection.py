@@ -174,6 +174,8 @@ class DialectConnection(ABC):
                         await session.configure(source, command.turns)
                     if command.prompt is not None:
                         session.set_prompt(source, command.prompt)
+                    if command.agreement is not None:
+                        session.set_agreement(source, command.agreement)
                 if command.language is not None:
                     session.set_language(command.language)
                 await self.outbox.put(SessionUpdated(session.id, session.language, command.event_id))

@@ -245,6 +245,9 @@ class Session:
     def set_prompt(self, source: str, prompt: str) -> None:
         self.sources[source].stream.set_prompt(prompt)
 
+    def set_agreement(self, source: str, decodes: int) -> None:
+        self.sources[source].stream.set_agreement(decodes)
+
     def set_language(self, language: str) -> None:
         """Every source decodes in ``language`` from its next decode on (the dialects check it is supported)."""
         self.language = language

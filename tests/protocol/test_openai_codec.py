@@ -214,3 +214,140 @@ def test_events_this_api_has_no_form_for_are_not_sent() -> None:
         SourceEvent("mic", RequestCompleted("r")),
     ):
         assert c.encode(event) == [], event
+
+
+# -- the fields today's SDK and frameworks send ----------------------------------------------------------------------
+
+EVERY_GA_FIELD = {
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "noise_reduction": {"type": "near_field", "strength": 0.5},
+            "transcription": {
+                "model": "gpt-live-transcribe",
+                "prompt": "A meeting about the database.",
+                "keywords": ["Postgres", "HAProxy", " "],
+                "languages": ["de", "en"],
+                "delay": "minimal",
+            },
+            "turn_detection": {
+                "type": "semantic_vad",
+                "eagerness": "low",
+                "create_response": False,
+                "interrupt_response": False,
+            },
+        }
+    },
+    "include": ["item.input_audio_transcription.logprobs"],
+}
+
+
+def test_every_ga_field_maps_to_what_runs() -> None:
+    c = OpenAICodec(model="whisper-tiny.en")
+    got = parse(c, update(EVERY_GA_FIELD))
+    assert got == cmd.UpdateSession(
+        turns=TurnSettings(enabled=True, threshold=0.5, prefix_padding_ms=300, silence_duration_ms=1000),
+        prompt="A meeting about the database. Glossary: Postgres, HAProxy.",
+        agreement=1,
+        event_id="u",
+    )
+    (updated,) = sdk(c, SessionUpdated("sess_1", "en"))
+    assert isinstance(updated, SessionUpdatedEvent)
+    audio_in = updated.session.audio.input  # type: ignore[union-attr]
+    assert audio_in.transcription.model == "whisper-tiny.en"  # the model that runs, not the one asked for
+    assert audio_in.transcription.keywords == ["Postgres", "HAProxy"]
+    assert audio_in.transcription.languages == ["en"] and audio_in.transcription.language == "en"
+    assert audio_in.transcription.delay == "minimal"
+    assert audio_in.turn_detection.type == "server_vad" and audio_in.turn_detection.silence_duration_ms == 1000
+    assert audio_in.noise_reduction is None  # none is applied
+    assert updated.session.include == ["item.input_audio_transcription.logprobs"]  # type: ignore[union-attr]
+    final = TextFinal(1, "Hi.", 0, 900, (Word(" Hi.", 100, 400, 0.5),), "whisper", 3.0)
+    (completed,) = sdk(c, SourceEvent("mic", final))
+    assert isinstance(completed, ConversationItemInputAudioTranscriptionCompletedEvent)
+    assert completed.logprobs is not None and completed.logprobs[0].token == " Hi."
+    assert completed.logprobs[0].logprob == pytest.approx(-0.6931, abs=1e-3)
+
+
+@pytest.mark.parametrize(("eagerness", "silence_ms"), [("high", 300), ("medium", 500), ("auto", 500), ("low", 1000)])
+def test_semantic_vad_eagerness_sets_the_silence_that_ends_a_turn(eagerness: str, silence_ms: int) -> None:
+    c = OpenAICodec(model="m")
+    parse(c, update({"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": eagerness}}}}))
+    assert c.config.vad and c.config.silence_duration_ms == silence_ms
+
+
+@pytest.mark.parametrize(("delay", "agree"), [("minimal", 1), ("low", 2), ("medium", 2), ("high", 3), ("xhigh", 4)])
+def test_delay_sets_how_many_decodes_must_agree(delay: str, agree: int) -> None:
+    c = OpenAICodec(model="m")
+    parse(c, update({"audio": {"input": {"transcription": {"delay": delay}}}}))
+    assert c.config.agreement == agree
+
+
+def test_an_empty_keyword_list_is_fine_and_limits_name_the_field() -> None:
+    c = OpenAICodec(model="m")
+    assert parse(c, update({"audio": {"input": {"transcription": {"keywords": []}}}})) == cmd.UpdateSession(
+        event_id="u"
+    )
+    many = refused(c, update({"audio": {"input": {"transcription": {"keywords": [f"k{i}" for i in range(51)]}}}}))
+    assert (many.code, many.param) == (ErrorCode.INVALID_EVENT, "session.audio.input.transcription.keywords")
+    long = refused(c, update({"audio": {"input": {"transcription": {"keywords": ["x" * 51]}}}}))
+    assert long.param == "session.audio.input.transcription.keywords"
+    none = refused(c, update({"audio": {"input": {"transcription": {"languages": ["fr", "de"]}}}}))
+    assert (none.code, none.param) == (ErrorCode.UNSUPPORTED_LANGUAGE, "session.audio.input.transcription.languages")
+    bad = refused(c, update({"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}}))
+    assert bad.code == ErrorCode.INVALID_EVENT and "eagerness" in (bad.param or "")
+
+
+BETA = TypeAdapter(
+    __import__("openai.types.beta.realtime", fromlist=["RealtimeServerEvent"]).RealtimeServerEvent  # type: ignore[attr-defined]
+)
+
+
+def test_the_beta_transcription_session_update() -> None:
+    from openai.types.beta.realtime import TranscriptionSessionUpdatedEvent
+
+    c = OpenAICodec(model="whisper-tiny.en")
+    event = {
+        "type": "transcription_session.update",
+        "event_id": "b",
+        "session": {
+            "input_audio_format": "pcm16",
+            "input_audio_transcription": {"model": "gpt-4o-transcribe", "language": "en", "prompt": "Names"},
+            "turn_detection": {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 700},
+            "input_audio_noise_reduction": {"type": "far_field"},
+            "include": ["item.input_audio_transcription.logprobs"],
+            "modalities": ["text"],
+            "client_secret": {"expires_at": {"anchor": "created_at", "seconds": 600}},
+        },
+    }
+    got = parse(c, event)
+    assert got == cmd.UpdateSession(
+        turns=TurnSettings(enabled=True, threshold=0.6, prefix_padding_ms=300, silence_duration_ms=700),
+        prompt="Names",
+        event_id="b",
+    )
+    (updated,) = [BETA.validate_python(json.loads(json.dumps(w))) for w in c.encode(SessionUpdated("sess_1", "en"))]
+    assert isinstance(updated, TranscriptionSessionUpdatedEvent)
+    assert updated.session.turn_detection is not None and updated.session.turn_detection.silence_duration_ms == 700
+    assert updated.session.input_audio_transcription is not None
+    assert updated.session.input_audio_transcription.model == "whisper-1"  # the only Whisper name the type allows
+    assert updated.session.input_audio_transcription.model_extra["engine_model"] == "whisper-tiny.en"
+    # the next GA update is answered in the GA shape
+    parse(c, update({}))
+    (ga,) = sdk(c, SessionUpdated("sess_1", "en"))
+    assert isinstance(ga, SessionUpdatedEvent)
+    err = refused(c, {**event, "session": {"input_audio_format": "g711_ulaw"}})
+    assert (err.code, err.param) == (ErrorCode.UNSUPPORTED_FORMAT, "session.input_audio_format")
+
+
+def test_a_client_commit_right_after_the_server_vad_commit_is_not_an_error() -> None:
+    c = OpenAICodec(model="m")
+    pcm = base64.b64encode(b"\0\0" * 2400).decode()  # 100 ms
+    for _ in range(10):
+        parse(c, {"type": "input_audio_buffer.append", "audio": pcm})  # 1 s appended
+    sdk(c, SourceEvent("mic", SpeechStopped(1, 900)))  # the server VAD commits item 1 at 900 ms
+    parse(c, {"type": "input_audio_buffer.append", "audio": pcm})
+    assert sdk(c, SourceEvent("mic", Committed(None, "client"))) == []  # the client's VAD, 200 ms later
+    for _ in range(20):
+        parse(c, {"type": "input_audio_buffer.append", "audio": pcm})  # 2 s later: a commit of nothing again
+    (empty,) = sdk(c, SourceEvent("mic", Committed(None, "late")))
+    assert isinstance(empty, RealtimeErrorEvent) and empty.error.code == "input_audio_buffer_commit_empty"

@@ -50,3 +50,28 @@ def test_observed_hypotheses_are_tentative_only_and_do_not_vote() -> None:
     assert la.update(split_words(" How do you marry a")) == ""
     assert la.update(split_words(" Had he married a more")) == ""
     assert la.update(split_words(" Had he married a more amiable")) == "Had he married a more"
+
+
+def test_agree_one_commits_all_but_the_last_word_at_once() -> None:
+    la = LocalAgreement(agree=1)
+    assert la.update(split_words(" the quick brown")) == "the quick"
+    assert la.tentative_text == " brown"
+    assert la.update(split_words(" brown fox jumps")) == " brown fox"
+
+
+def test_agree_three_waits_for_three_decodes() -> None:
+    la = LocalAgreement(agree=3)
+    assert la.update(split_words(" the quick brown")) == ""
+    assert la.update(split_words(" the quick brown fox")) == ""
+    assert la.update(split_words(" the quick brow fox")) == "the quick"
+    # the history keeps what came after the stable text: " brown fox" / " brow fox" / ... must agree three times
+    assert la.update(split_words(" brown fox jumps")) == ""
+    assert la.update(split_words(" brown fox jumps over")) == ""  # " brow fox" still votes
+    assert la.update(split_words(" brown fox jumps over the")) == " brown fox jumps"
+
+
+def test_agree_must_be_positive() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        LocalAgreement(agree=0)

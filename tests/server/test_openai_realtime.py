@@ -230,8 +230,8 @@ async def test_malformed_events_get_errors_and_the_connection_stays_usable(serve
         await expect_error(conn, "unsupported_sample_rate", "session.audio.input.format.rate", "b5")
         await conn.send({"type": "response.create", "event_id": "b6"})
         await expect_error(conn, "unknown_event", "type", "b6")
-        semantic = {"type": "transcription", "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}
-        await conn.send({"type": "session.update", "session": semantic, "event_id": "b7"})  # type: ignore[typeddict-item]
+        other = {"type": "transcription", "audio": {"input": {"turn_detection": {"type": "push_to_talk"}}}}
+        await conn.send({"type": "session.update", "session": other, "event_id": "b7"})  # type: ignore[typeddict-item]
         await expect_error(conn, "invalid_event", "session.audio.input.turn_detection.type", "b7")
         await conn.send({"type": "session.update", "session": {"type": "transcription", "speed": 2}, "event_id": "b8"})  # type: ignore[typeddict-item]
         await expect_error(conn, "invalid_event", "session.speed", "b8")

@@ -31,7 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
 
     tr = sub.add_parser("transcribe", help="stream WAV files to a server and print the transcript")
-    tr.add_argument("files", nargs="+", help="one WAV (mic) or two (mic and system)")
+    tr.add_argument("files", nargs="+", help="one WAV (mic) or two (mic and system); with --offline one audio file")
+    tr.add_argument(
+        "--offline",
+        action="store_true",
+        help="transcribe the file in this process, no server (any usual container: wav, mp3, m4a, webm, ogg, flac)",
+    )
+    tr.add_argument("--format", choices=["text", "json", "srt", "vtt", "verbose_json"], default="text",
+                    help="--offline output (default text)")  # fmt: skip
+    tr.add_argument("--language", default="en", help="--offline: the language of the audio (default en)")
+    tr.add_argument("--prompt", default="", help="--offline: text that guides the decoder (names, terms)")
     tr.add_argument("--url", default=_env("URL", "ws://127.0.0.1:8765/v1/live"))
     tr.add_argument("--token", default=_env("TOKEN"))
     tr.add_argument("--fast", action="store_true", help="send as fast as the server accepts, not in real time")
@@ -92,6 +101,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    if args.offline:
+        if len(args.files) != 1 or not Path(args.files[0]).is_file():
+            print("echopanel transcribe --offline: give one audio file", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        from echopanel.offline_cli import run
+
+        return run(Path(args.files[0]), fmt=args.format, language=args.language, prompt=args.prompt)
     if len(args.files) > 2:
         print("echopanel transcribe: at most two files (mic and system)", file=sys.stderr)
         return 2

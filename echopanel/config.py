@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     recording_retention_days: NonNegativeFloat = 30.0  # recordings of ended sessions older than this go (0: at once)
     retention_sweep_s: PositiveFloat = 3600.0  # how often the server looks for expired recordings
     memory_trim_s: PositiveFloat = 30.0  # how often free heap goes back to the OS (glibc malloc_trim)
+    # File transcription (POST /v1/audio/transcriptions): bounds on one request and on the files decoded at once.
+    max_upload_mb: PositiveFloat = 100.0  # request body; past it 413
+    max_file_s: PositiveFloat = 7_200.0  # decoded audio (2 h, 0.46 GB as float32 at 16 kHz); past it 413
+    max_file_jobs: PositiveInt = 2  # files transcribed at once, server-wide; past it 429 + Retry-After
     recognizer: RecognizerSettings = Field(default_factory=RecognizerSettings)
     ladder: LadderSettings = Field(default_factory=LadderSettings)  # the degrade ladder (echopanel/flow/ladder.py)
 

@@ -26,8 +26,9 @@ ALLOWED = {
     "analysis": LEAVES | {"storage"},
     "protocol": LEAVES | {"engines"},
     "session": LEAVES | {"config", "flow", "engines", "speakers", "storage", "analysis"},
+    "batch": LEAVES | {"config", "engines"},
     "server": LEAVES
-    | {"config", "flow", "inference", "engines", "speakers", "storage", "analysis", "protocol", "session"},
+    | {"config", "flow", "inference", "engines", "speakers", "storage", "analysis", "protocol", "session", "batch"},
     "client": LEAVES | {"flow", "protocol"},
 }
 

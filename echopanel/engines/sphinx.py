@@ -204,7 +204,7 @@ class SphinxPool(WorkerPool[DecodeRequest, Decoded]):
     def submit(self, request: DecodeRequest) -> asyncio.Future[JobResult[Decoded]]:
         if not self._threads and not self._closed:
             threading.Thread(target=self.start, name="sphinx-start", daemon=True).start()  # lazy start
-        kind = JobKind.FINAL if request.final else JobKind.PARTIAL
+        kind = JobKind.BACKGROUND if request.background else JobKind.FINAL if request.final else JobKind.PARTIAL
         return self._enqueue(request, kind=kind, priority=request.priority, key=request.key, timeout_s=self.timeout_s)
 
     def _decode(self, proc: _Process, req: DecodeRequest, timeout_s: float | None) -> Decoded:

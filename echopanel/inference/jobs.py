@@ -48,6 +48,7 @@ class DecodeRequest:
     priority: int = 0  # 0 = microphone
     key: str = ""  # stream and item: incremental engines continue where this item's last decode stopped
     primary_only: bool = False  # chains: only the first engine may decode it (re-decoding fallback items)
+    background: bool = False  # file transcription: after every live decode (JobKind.BACKGROUND)
     fault: str | None = None  # failpoint (fault injection only): "fail" | "hang" | "die"
 
 
@@ -140,5 +141,5 @@ class ScheduledDecoder:
                 language=r.language,
             )
 
-        kind = JobKind.FINAL if r.final else JobKind.PARTIAL
+        kind = JobKind.BACKGROUND if r.background else JobKind.FINAL if r.final else JobKind.PARTIAL
         return self.scheduler.submit(run, kind=kind, priority=r.priority, timeout_s=self.timeout_s)

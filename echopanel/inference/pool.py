@@ -1,7 +1,9 @@
 """Worker threads over one priority queue: what the inference scheduler and the pocketsphinx pool share.
 
 Jobs wait in one queue, in this order: finals before partials, then the stream's priority (microphone before system
-audio), then age. Each worker is a ``Slot`` (a thread, and whatever it drives: nothing for the scheduler, a
+audio), then age; background jobs (file transcription) come after every live one, run on one worker at a time (so
+a live decode always has a worker within one background decode), and stay out of the busy time and the waits that
+drive the degrade ladder. Each worker is a ``Slot`` (a thread, and whatever it drives: nothing for the scheduler, a
 decoder process for pocketsphinx) and takes the first job it may run:
 
 - ``Slot.max_priority`` reserves a slot for streams up to that priority (the scheduler keeps one for the microphone);
@@ -41,6 +43,7 @@ class DecodeTimeout(TimeoutError):
 class JobKind(IntEnum):
     FINAL = 0
     PARTIAL = 1
+    BACKGROUND = 2  # file transcription: after every live decode, on one worker at a time, outside the load figures
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,6 +109,7 @@ class WorkerPool(Generic[P, T]):
         self.completed = 0
         self.compute_s_total = 0.0
         self.final_compute_s = 0.0
+        self.background_compute_s = 0.0
         self.final_waits: deque[tuple[float, float]] = deque(maxlen=512)  # (done at, waited s) of finals
         self.partial_waits: deque[tuple[float, float]] = deque(maxlen=512)
 
@@ -193,9 +197,14 @@ class WorkerPool(Generic[P, T]):
             heapq.heappop(heap)
         if not heap:
             return None
+        background_running = any(s.job is not None and s.job.kind == JobKind.BACKGROUND for s in self._slots)
+
+        def may(job: Job[P]) -> bool:
+            return slot.may_take(job) and not (job.kind == JobKind.BACKGROUND and background_running)
+
         best: Job[P] | None = heap[0]
-        if not slot.may_take(heap[0]):
-            best = next((j for j in sorted(heap) if slot.may_take(j) and not j.future.cancelled()), None)
+        if not may(heap[0]):
+            best = next((j for j in sorted(heap) if may(j) and not j.future.cancelled()), None)
             if best is None:
                 return None
         assert best is not None
@@ -204,7 +213,7 @@ class WorkerPool(Generic[P, T]):
                 if (
                     job.order[:2] == best.order[:2]
                     and self._prefers(slot, job)
-                    and slot.may_take(job)
+                    and may(job)
                     and not job.future.cancelled()
                 ):
                     best = job
@@ -248,6 +257,10 @@ class WorkerPool(Generic[P, T]):
         """A job left its slot (done, or abandoned). Lock held."""
         self.busy -= 1
         self.completed += 1
+        if job.kind == JobKind.BACKGROUND:  # not live load: the ladder and the cadence look at live work only
+            self.background_compute_s += end - started
+            self._cond.notify_all()  # the background turn is free
+            return
         self.compute_s_total += end - started
         if job.kind == JobKind.FINAL:
             self.final_compute_s += end - started
@@ -277,7 +290,11 @@ class WorkerPool(Generic[P, T]):
         """Compute time spent so far (all jobs, finals only), running jobs included: utilization over a window."""
         now = time.monotonic()
         with self._cond:
-            running = [(now - s.started, s.job.kind) for s in self._slots if s.job is not None]
+            running = [
+                (now - s.started, s.job.kind)
+                for s in self._slots
+                if s.job is not None and s.job.kind != JobKind.BACKGROUND
+            ]
             total = self.compute_s_total + sum(t for t, _ in running)
             finals = self.final_compute_s + sum(t for t, k in running if k == JobKind.FINAL)
         return total, finals

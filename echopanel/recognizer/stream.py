@@ -186,7 +186,11 @@ class VadStreamingRecognizer:
             if cut is not None:
                 # The gap cut this utterance: close it with the stable text already sent, undecoded; the session
                 # transcribes the whole utterance again from the recording.
-                item = open_item if open_item is not None and open_item.utt is cut else _Item(cut, LocalAgreement(self._agree))
+                item = (
+                    open_item
+                    if open_item is not None and open_item.utt is cut
+                    else _Item(cut, LocalAgreement(self._agree))
+                )
                 self._open = None
                 if self._partial_job is not None and not self._partial_job.done():
                     self._partial_job.cancel()
@@ -293,7 +297,9 @@ class VadStreamingRecognizer:
                 self._gap_end = None
             await self._emit(SpeechStarted(utt.item, utt.onset // self._ms, utt.audio_start // self._ms))
             return
-        item = self._open if self._open is not None and self._open.utt is utt else _Item(utt, LocalAgreement(self._agree))
+        item = (
+            self._open if self._open is not None and self._open.utt is utt else _Item(utt, LocalAgreement(self._agree))
+        )
         self._open = None
         if self._partial_job is not None and not self._partial_job.done():
             self._partial_job.cancel()  # not started yet: the final supersedes it
@@ -462,6 +468,7 @@ class VadStreamingRecognizer:
             priority=self._options.priority,
             key=f"{id(self):x}:{item}",
             primary_only=self._options.primary_only,
+            background=self._options.background,
         )
 
     def _decoder_context(self) -> str:

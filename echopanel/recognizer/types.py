@@ -22,6 +22,7 @@ class StreamOptions:
     agreement: int = 2  # consecutive decodes that must agree before words are stable (recognizer/agreement.py)
     partials: bool = True  # False: finals only (repair, batch work)
     primary_only: bool = False  # fallback chains: decode with the first engine only (re-decoding fallback items)
+    background: bool = False  # file transcription: decodes wait until no live decode does (JobKind.BACKGROUND)
 
 
 @dataclass

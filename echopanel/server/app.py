@@ -22,6 +22,7 @@ from echopanel.metrics import ServerMetrics
 from echopanel.server.context import ServerContext
 from echopanel.server.controller import FlowController
 from echopanel.server.debug import memory_routes
+from echopanel.server.files import file_jobs, file_routes
 from echopanel.server.live import live_endpoint
 from echopanel.server.memory import HeapProfile
 from echopanel.server.realtime import realtime_endpoint
@@ -86,6 +87,7 @@ def create_app(
             WebSocketRoute("/ws/live-listener", live_endpoint),  # the original EchoPanel's path
             WebSocketRoute("/v1/realtime", realtime_endpoint),
             *session_routes(),
+            *file_routes(),
         ]
     )
     if settings.memory_debug:  # diagnostics: tracemalloc from here on, the baseline before any session
@@ -95,4 +97,5 @@ def create_app(
     app.state.context = ServerContext(settings, engine, admission, metrics, registry, controller, store, speakers)
     app.state.settings = settings  # the HTTP routes' view (sessions API)
     app.state.store = store
+    app.state.file_jobs = file_jobs()
     return app

@@ -59,3 +59,26 @@ def test_clear_errors(server: ServerProcess, tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no such file" in missing.stderr
     unreachable = run_cli("--url", "ws://127.0.0.1:9/v1/live", str(LIBRIVOX / f"{NAME}.wav"), timeout=60)
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+
+
+def test_offline_transcription_of_an_mp3_without_a_server(tmp_path: Path) -> None:
+    import av
+
+    audio = read_audio(LIBRIVOX / f"{NAME}.wav", 16000)
+    mp3 = tmp_path / "speech.mp3"
+    with av.open(str(mp3), "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=16000, layout="mono")  # type: ignore[call-overload]
+        frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    got = run_cli("--offline", "--format", "verbose_json", str(mp3))
+    assert got.returncode == 0, got.stderr
+    result = json.loads(got.stdout)
+    assert wer(librivox_refs()[NAME], result["text"]) <= 0.10, result["text"]
+    assert result["words"] and result["segments"][0]["start"] < result["segments"][0]["end"]
+    bad = run_cli("--offline", str(tmp_path / "missing.mp3"))
+    assert bad.returncode == 2 and "one audio file" in bad.stderr
+    (tmp_path / "noise.ogg").write_bytes(b"not audio" * 50)
+    noise = run_cli("--offline", str(tmp_path / "noise.ogg"))
+    assert noise.returncode == 2 and "decodable" in noise.stderr

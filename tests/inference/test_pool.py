@@ -83,3 +83,56 @@ async def test_a_reserved_slot_takes_only_streams_up_to_its_priority() -> None:
         pool.stop()
     await asyncio.sleep(0.01)  # the cancellation is posted to this loop
     assert system.cancelled()  # stopping cancels what is still queued
+
+
+async def test_background_jobs_come_after_every_live_one() -> None:
+    jobs = [
+        ("file-1", JobKind.BACKGROUND, 9, "f"),
+        ("partial-system", JobKind.PARTIAL, 1, "s"),
+        ("final-mic", JobKind.FINAL, 0, "m"),
+        ("file-2", JobKind.BACKGROUND, 9, "f"),
+    ]
+    assert await run_queue(AffinePool(holds="f"), jobs) == ["final-mic", "partial-system", "file-1", "file-2"]
+
+
+class TwoSlots(WorkerPool[str, str]):
+    """Two slots; each job waits on its own gate, so the test decides when it ends."""
+
+    def __init__(self) -> None:
+        super().__init__(2, name="two")
+        self.gates: dict[str, threading.Event] = {}
+        self.started: list[str] = []
+
+    def _run(self, slot: Slot, job: Job[str]) -> str:
+        self.started.append(job.payload)
+        self.gates.setdefault(job.payload, threading.Event()).wait(5)
+        return job.payload
+
+    def submit(self, name: str, kind: JobKind) -> asyncio.Future[object]:
+        self.gates.setdefault(name, threading.Event())
+        return self._enqueue(name, kind=kind, priority=9 if kind == JobKind.BACKGROUND else 0)
+
+
+async def test_one_background_job_at_a_time_and_outside_the_load_figures() -> None:
+    pool = TwoSlots()
+    pool.start()
+    try:
+        first = pool.submit("file-1", JobKind.BACKGROUND)
+        second = pool.submit("file-2", JobKind.BACKGROUND)
+        await asyncio.sleep(0.2)
+        assert pool.started == ["file-1"]  # the other worker stays free for live work
+        live = pool.submit("final", JobKind.FINAL)
+        await asyncio.sleep(0.1)
+        assert pool.started == ["file-1", "final"]
+        busy, finals = pool.busy_seconds()
+        assert 0 < busy == finals < 0.2  # only the live final counts as load
+        pool.gates["final"].set()
+        pool.gates["file-1"].set()
+        await asyncio.wait_for(asyncio.gather(first, live), 5)
+        await asyncio.sleep(0.1)
+        assert pool.started[-1] == "file-2"  # the background turn passed on
+        pool.gates["file-2"].set()
+        await asyncio.wait_for(second, 5)
+        assert pool.background_compute_s > 0.2 and not pool.partial_waits
+    finally:
+        pool.stop()

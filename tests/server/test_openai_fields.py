@@ -11,9 +11,9 @@ from typing import Any
 
 from openai import AsyncOpenAI
 from openai.types.beta.realtime import TranscriptionSessionUpdatedEvent
+from test_openai_realtime import client_for, pcm24, send_audio, typed
 
 from support import ServerProcess, librivox_refs, wer
-from test_openai_realtime import client_for, pcm24, send_audio, typed
 
 GA_EVERY_FIELD = {
     "type": "transcription",
@@ -96,9 +96,7 @@ async def test_the_beta_transcription_session_shape(server: ServerProcess) -> No
     # The beta client always builds wss:// from base_url; on plain HTTP it needs the WebSocket URL given.
     ws = server.http.replace("http://", "ws://", 1)
     client = AsyncOpenAI(base_url=f"{server.http}/v1", websocket_base_url=f"{ws}/v1", api_key="k", max_retries=0)
-    async with client.beta.realtime.connect(
-        model="gpt-4o-transcribe", extra_query={"intent": "transcription"}
-    ) as conn:
+    async with client.beta.realtime.connect(model="gpt-4o-transcribe", extra_query={"intent": "transcription"}) as conn:
         await conn.recv()  # session.created
         await conn.transcription_session.update(
             session={

@@ -182,6 +182,16 @@ class SpeakerUpdated:
 
 
 @dataclass(slots=True, frozen=True)
+class UtteranceEnd:
+    """No word on ``source`` for the gap a client asked for since the last final's last word (Deepgram's
+    ``utterance_end_ms``); dialects without such a message ignore it."""
+
+    source: str
+    last_word_end_ms: int
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
 class SessionSummary:
     """The session ended: ``document`` is the stored summary (session_id, status, transcript, speaker_turns,
     analysis, stats: docs/protocol.md "session.summary")."""
@@ -285,6 +295,7 @@ ServerEvent = (
     | SessionMetrics
     | SpeakerUpdated
     | SessionSummary
+    | UtteranceEnd
     | ErrorEvent
     | SessionCreated
     | SessionUpdated

@@ -38,6 +38,14 @@ class AppendAudio:
 
 
 @dataclass(slots=True, frozen=True)
+class AppendAudioMany:
+    """One message holding audio of several sources (a multichannel frame, split by the codec)."""
+
+    parts: tuple[AppendAudio, ...]
+    event_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
 class CommitAudio:
     sources: tuple[str, ...]
     event_id: str | None = None
@@ -80,6 +88,7 @@ Command = (
     CreateSession
     | ResumeSession
     | AppendAudio
+    | AppendAudioMany
     | CommitAudio
     | ClearAudio
     | RequestResponse

@@ -22,6 +22,7 @@ from echopanel.metrics import ServerMetrics
 from echopanel.server.context import ServerContext
 from echopanel.server.controller import FlowController
 from echopanel.server.debug import memory_routes
+from echopanel.server.deepgram import deepgram_endpoint
 from echopanel.server.files import file_jobs, file_routes
 from echopanel.server.live import live_endpoint
 from echopanel.server.memory import HeapProfile
@@ -86,6 +87,7 @@ def create_app(
             WebSocketRoute("/v1/live", live_endpoint),
             WebSocketRoute("/ws/live-listener", live_endpoint),  # the original EchoPanel's path
             WebSocketRoute("/v1/realtime", realtime_endpoint),
+            WebSocketRoute("/v1/listen", deepgram_endpoint),
             *session_routes(),
             *file_routes(),
         ]

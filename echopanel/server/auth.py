@@ -1,4 +1,5 @@
-"""Bearer-token check: ``Authorization: Bearer T`` or, for browsers, the subprotocol ``echopanel.token.T``."""
+"""Bearer-token check: ``Authorization: Bearer T`` (or ``Token T``, as Deepgram's clients send it) or, for browsers,
+the subprotocol ``echopanel.token.T``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ PROTOCOL_NAME = "echopanel.v1"
 def presented_token(headers: Mapping[str, str], subprotocols: Sequence[str]) -> str | None:
     auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():  # "Token KEY": Deepgram's clients
         return value.strip()
     for proto in subprotocols:
         if proto.startswith(TOKEN_SUBPROTOCOL):

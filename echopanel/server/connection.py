@@ -35,7 +35,14 @@ from echopanel.session.session import Session
 log = logging.getLogger(__name__)
 
 
-SESSION_COMMANDS = (cmd.AppendAudio, cmd.CommitAudio, cmd.ClearAudio, cmd.RequestResponse, cmd.UpdateSession)
+SESSION_COMMANDS = (
+    cmd.AppendAudio,
+    cmd.AppendAudioMany,
+    cmd.CommitAudio,
+    cmd.ClearAudio,
+    cmd.RequestResponse,
+    cmd.UpdateSession,
+)
 
 
 class Codec(Protocol):
@@ -59,6 +66,11 @@ class DialectConnection(ABC):
     def precheck(ws: WebSocket) -> str | None:
         """A reason to refuse the connection (closed 1008 with it) before admission; None to go on."""
         return None
+
+    @staticmethod
+    async def refuse(ws: WebSocket) -> bool:
+        """Refuse the connection in the dialect's own way before admission (Deepgram: HTTP 400); True if done."""
+        return False
 
     def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease, codec: Codec) -> None:
         self.ws = ws
@@ -152,12 +164,13 @@ class DialectConnection(ABC):
         if session is None:
             raise ProtocolError(ErrorCode.SESSION_NOT_CREATED, "send session.create first")
         try:
-            if isinstance(command, cmd.AppendAudio):
+            if isinstance(command, cmd.AppendAudio | cmd.AppendAudioMany):
                 if session.closing:
                     raise ProtocolError(ErrorCode.SESSION_CLOSING, "the session is closing; audio was not accepted")
-                pcm = self.trim_resent(command.source, command.pcm)
-                if pcm:
-                    await session.append(command.source, pcm)
+                for part in command.parts if isinstance(command, cmd.AppendAudioMany) else (command,):
+                    pcm = self.trim_resent(part.source, part.pcm)
+                    if pcm:
+                        await session.append(part.source, pcm)
             elif isinstance(command, cmd.CommitAudio):
                 for source in command.sources:
                     await session.commit(source, command.event_id)

@@ -52,6 +52,8 @@ def dialect_endpoint(
             await ws.accept(subprotocol=chosen)
             await ws.close(CloseCode.POLICY, reason=reason)
             return
+        if await dialect.refuse(ws):
+            return
         lease = ctx.admission.acquire()
         if lease is None and dialect.may_resume and ctx.registry.detached > 0:
             lease = ctx.admission.provisional()  # a detached session holds a slot: its client may come back

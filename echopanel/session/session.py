@@ -242,6 +242,10 @@ class Session:
     async def configure(self, source: str, turns: TurnSettings) -> None:
         self._enqueue(source, Marker("configure", turns=turns))
 
+    def received_ms(self, source: str) -> float:
+        """Audio of ``source`` accepted so far (recorded), in ms."""
+        return self.sources[source].recording.samples * 1000 / self.sample_rate
+
     def set_prompt(self, source: str, prompt: str) -> None:
         self.sources[source].stream.set_prompt(prompt)
 

@@ -71,7 +71,9 @@ class DeepgramOptions(BaseModel):
     punctuate: bool = False
     smart_format: bool = False
     diarize: bool = False
-    endpointing: int | bool = 10  # ms of silence that ends an utterance; false: only Finalize ends one
+    # ms of silence that ends an utterance; false: only Finalize ends one; left out: the server's (300 ms), since
+    # Deepgram's own default of 10 ms would cut a whole-utterance decoder's utterances at every breath
+    endpointing: int | bool | None = None
     utterance_end_ms: int | None = Field(None, ge=1000, le=5000)
     vad_events: bool = False
     keyterm: list[str] = Field(default_factory=list)
@@ -97,12 +99,15 @@ class DeepgramOptions(BaseModel):
         return tuple(t.strip() for t in terms if t.strip())
 
     @property
+    def turn_detection(self) -> bool:
+        """False with ``endpointing=false``: only Finalize (or the length cap) ends an utterance."""
+        return self.endpointing is not False
+
+    @property
     def silence_ms(self) -> int | None:
-        """The silence that ends an utterance; None: VAD turns off (endpointing=false)."""
-        if self.endpointing is False:
+        """The silence that ends an utterance; None: the server's own."""
+        if self.endpointing is None or isinstance(self.endpointing, bool):
             return None
-        if self.endpointing is True:
-            return 300
         return max(100, min(5000, int(self.endpointing)))
 
     @property

@@ -64,12 +64,12 @@ class DeepgramConnection(DialectConnection):
             sample_rate=opts.sample_rate,
             dialect="deepgram",
             language=opts.language,
-            turn_detection=silence is not None,
+            turn_detection=opts.turn_detection,
             overflow="block",  # Deepgram clients expect every result live, not repaired at the end
         )
         self.dg.request_id = session.id
         for source in session.source_names:
-            if silence is not None:
+            if silence is not None and opts.turn_detection:
                 await session.configure(source, TurnSettings(silence_duration_ms=silence))
             if opts.keyterms:
                 session.set_prompt(source, dg.glossary(opts.keyterms))

@@ -351,3 +351,20 @@ def test_a_client_commit_right_after_the_server_vad_commit_is_not_an_error() -> 
         parse(c, {"type": "input_audio_buffer.append", "audio": pcm})  # 2 s later: a commit of nothing again
     (empty,) = sdk(c, SourceEvent("mic", Committed(None, "late")))
     assert isinstance(empty, RealtimeErrorEvent) and empty.error.code == "input_audio_buffer_commit_empty"
+
+
+def test_server_vad_with_every_field_and_language_beside_languages() -> None:
+    c = OpenAICodec(model="m")
+    vad = {
+        "type": "server_vad",
+        "threshold": 0.4,
+        "prefix_padding_ms": 250,
+        "silence_duration_ms": 600,
+        "create_response": True,
+        "interrupt_response": True,
+        "idle_timeout_ms": 5000,
+    }
+    tr = {"model": "gpt-transcribe", "language": "en", "languages": ["fr"], "prompt": "", "keywords": ["A"]}
+    got = parse(c, update({"audio": {"input": {"turn_detection": vad, "transcription": tr}}}))
+    assert isinstance(got, cmd.UpdateSession) and got.turns == TurnSettings(True, 0.4, 250, 600)
+    assert c.config.language == "en"  # an explicit language wins over the list

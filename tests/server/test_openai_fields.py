@@ -102,9 +102,16 @@ async def test_the_beta_transcription_session_shape(server: ServerProcess) -> No
             session={
                 "input_audio_format": "pcm16",
                 "input_audio_transcription": {"model": "gpt-4o-transcribe", "language": "en", "prompt": ""},
-                "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 400},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 400,
+                    "create_response": False,
+                    "interrupt_response": False,
+                },
                 "input_audio_noise_reduction": {"type": "far_field"},
-                "include": [],
+                "include": ["item.input_audio_transcription.logprobs"],
                 "modalities": ["text"],
             }
         )

@@ -25,6 +25,11 @@ What it measures
     position runs minutes ahead of the server. For every ``response.done`` the bench keeps its source,
     ``compute_ms``, audio duration (``end_ms - start_ms``) and position (minute of audio, from ``start_ms``).
 
+    The spawned server runs with its degrade ladder pinned at level 0 (``ECHOPANEL_LADDER__MAX_LEVEL=0``; ``--ladder``
+    lets it act): sent as fast as it is taken, the audio keeps both workers busy, and the ladder would spend the run
+    on its cheaper steps (beam-1 finals, no partials, system audio shed and repaired), so cost and memory would
+    measure the ladder rather than the session's length. Full quality throughout is also the heaviest case.
+
     Retained RSS: the lowest RSS read in each 30 s of wall time while streaming (``RETAINED_WINDOW_S``; the
     server's malloc-trim period), placed at the transcribed minute at the window's end. A sample taken while a
     decode runs also holds that decode's working set (encoder activations and beam caches of tens of MB, gone within
@@ -546,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         "--profile-every-min", type=float, default=30.0, help="with --profile: every this many audio minutes (30)"
     )
     parser.add_argument("--url", help="use this running server (ws://HOST:PORT/v1/live) instead of starting one")
+    parser.add_argument(
+        "--ladder",
+        action="store_true",
+        help="let the spawned server's degrade ladder act (default: pinned at level 0, full quality throughout; audio "
+        "sent as fast as taken saturates the server, and the ladder's cheaper steps would then set the per-utterance "
+        "cost and the memory instead of the session's length)",
+    )
     parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, to sample its RSS")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -569,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
             print("--url: the server must already run with ECHOPANEL_MEMORY_DEBUG=1 for --profile", file=sys.stderr)
         results, placed = asyncio.run(run_sessions(args, args.url, args.server_pid, http))
     else:
-        env = {"ECHOPANEL_MEMORY_DEBUG": "1"} if args.profile else None
+        env = {"ECHOPANEL_MEMORY_DEBUG": "1"} if args.profile else {}
+        if not args.ladder:
+            env["ECHOPANEL_LADDER__MAX_LEVEL"] = "0"
         with start_server(env=env) as server:
             results, placed = asyncio.run(run_sessions(args, server.url, server.pid, server.http))
             server_log = server.warnings

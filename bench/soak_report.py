@@ -204,15 +204,19 @@ def rss_slope(samples: list[Sample], from_min: float) -> dict[str, Any]:
     return trend([(s.transcribed_min, s.rss_mb) for s in samples if s.phase == "streaming"], from_min)
 
 
-def retained_series(samples: list[Sample], window_s: float) -> list[tuple[float, float]]:
+def retained_series(
+    samples: list[Sample], window_s: float, until_min: float | None = None
+) -> list[tuple[float, float]]:
     """(transcribed audio minute, retained RSS) per ``window_s`` of wall time while streaming.
 
     Retained RSS is the lowest RSS read in the window: what the server holds between decodes. Samples taken while
     a decode runs also count that decode's working set (encoder activations, beam caches: tens of MB that come and
     go within a second), which says nothing about what a long session accumulates. A window as long as the
     server's malloc-trim period holds at least one trim, so free heap waiting for it does not count either.
+    ``until_min``: only samples taken before that much audio was transcribed (the end of the session, its final
+    repairs and re-clustering, is reported apart).
     """
-    during = [s for s in samples if s.phase == "streaming"]
+    during = [s for s in samples if s.phase == "streaming" and (until_min is None or s.transcribed_min < until_min)]
     out: list[tuple[float, float]] = []
     if not during:
         return out
@@ -289,7 +293,8 @@ def analyse(
     head = window(finals, placed, sources, 0, span)
     tail = window(finals, placed, sources, minutes - span, minutes)
     slope = rss_slope(samples, slope_from_min)
-    retained = retained_series(samples, retained_window_s)
+    retained = retained_series(samples, retained_window_s, until_min=minutes - 0.5)
+    finishing = [s for s in samples if s.phase == "streaming" and s.transcribed_min >= minutes - 0.5]
     summary: dict[str, Any] = {
         "audio_minutes": minutes,
         "sources": sources,
@@ -306,6 +311,8 @@ def analyse(
         "retained_series": retained,
         "retained": trend(retained, slope_from_min),
         "retained_first_minute_mb": next((mb for m, mb in retained if m >= 1.0), None),
+        "rss_max_finishing_mb": max((s.rss_mb for s in finishing), default=None),
+        "finishing_s": finishing[-1].wall_s - finishing[0].wall_s if len(finishing) > 1 else None,
         "growth_after_target_mb": TARGET_GROWTH_AFTER_MB,
         "slope_target_mb_per_hour": TARGET_SLOPE_MB_H,
         "rss_after_close_mb": close_mb,
@@ -474,6 +481,11 @@ def print_report(r: SoakResult, table_rows_: list[MinuteRow] | None = None) -> N
             " between decodes)"
         )
     _print_trend("RSS (every sample)", s["rss_slope"], verdict=False)
+    if s.get("rss_max_finishing_mb") is not None:
+        print(
+            f"{'max RSS while finishing (repairs, re-clustering)':<46} {s['rss_max_finishing_mb']:.1f} MB"
+            f" (the last {fmt(s.get('finishing_s'), '.0f', ' s')} before close, all audio transcribed)"
+        )
     print(
         f"{'RSS right after close (vs idle)':<46} {fmt(s['rss_after_close_mb'], '.1f', ' MB')}"
         f" ({fmt(s['rss_after_close_vs_idle_mb'], '+.1f', ' MB')})"

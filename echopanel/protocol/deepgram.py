@@ -156,6 +156,10 @@ def parse_options(query: str, max_sources: int, languages: tuple[str, ...]) -> D
     return options
 
 
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "Error", "variant": code, "description": message, "code": code, "message": message}
+
+
 def glossary(terms: tuple[str, ...]) -> str:
     return f"Glossary: {', '.join(terms)}." if terms else ""
 
@@ -255,15 +259,7 @@ class DeepgramCodec:
         if isinstance(event, SessionSummary):
             return [self.metadata()]
         if isinstance(event, ErrorEvent):
-            return [
-                {
-                    "type": "Error",
-                    "variant": event.code,
-                    "description": event.message,
-                    "code": event.code,
-                    "message": event.message,
-                }
-            ]
+            return [_error(event.code, event.message)]
         return []  # SessionCreated, Pong, Backpressure, Degraded, SessionMetrics, SpeakerUpdated: no such messages
 
     def metadata(self) -> dict[str, Any]:
@@ -295,6 +291,8 @@ class DeepgramCodec:
             if not self.options.interim_results:
                 return []
             text = (utt.stable + ev.tentative).strip()
+            if not text:
+                return []
             return [self._results(source, text, ev.start_ms, ev.end_ms, [], final=False)]
         if isinstance(ev, TextFinal):
             utt = self._open.pop((source, ev.item), _Utterance())
@@ -310,15 +308,7 @@ class DeepgramCodec:
             out["from_finalize"] = from_finalize
             return [out]
         if isinstance(ev, ItemFailed):
-            return [
-                {
-                    "type": "Error",
-                    "variant": ev.code,
-                    "description": ev.message,
-                    "code": ev.code,
-                    "message": f"channel {self._channel(source)[0]}: {ev.message}",
-                }
-            ]
+            return [_error(ev.code, f"channel {self._channel(source)[0]}: {ev.message}")]
         return []
 
     def _speaker(self, label: str | None) -> int | None:

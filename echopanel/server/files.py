@@ -147,8 +147,13 @@ async def _transcribe(ctx: ServerContext, request: Request, limit: int) -> Respo
     log.info("file transcription: %.1f s of audio, %s, decoded in %.2f s", duration_s, fmt, time.monotonic() - t0)
     if stream:
         return StreamingResponse(_events(ctx, audio, request_, duration_s), media_type="text/event-stream")
+    got = []
     try:
-        got = [f async for f in finals(ctx.engine, audio, request_)]
+        async for final in finals(ctx.engine, audio, request_):
+            got.append(final)
+            if await request.is_disconnected():  # the client gave up: stop decoding its file
+                log.info("file transcription: the client went away after %d utterances; stopped", len(got))
+                return Response(status_code=499)
     except TranscriptionFailed as exc:
         return _error(503, f"transcription failed: {exc}", code="engine_unavailable")
     log.info("file transcription: %d utterances in %.2f s", len(got), time.monotonic() - t0)

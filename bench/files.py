@@ -33,6 +33,7 @@ from bench.common import CARDS, LIBRIVOX, PHONE, fmt, git_state, write_json
 from bench.latency import build_stream, measure, stream_session
 from echopanel.audio.wav import read_audio
 from echopanel.evaluation import wer
+from echopanel.metrics import percentile
 from echopanel.testing.server import start_server
 
 RATE = 16000
@@ -51,13 +52,6 @@ def long_file(minutes: float) -> bytes:
     buf = io.BytesIO()
     soundfile.write(buf, np.concatenate(parts), RATE, format="WAV", subtype="PCM_16")
     return buf.getvalue()
-
-
-def _p(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run(runs: int, file_min: float) -> dict[str, Any]:
@@ -129,10 +123,10 @@ def summarize(out: dict[str, Any]) -> dict[str, Any]:
         fp = [v for f in out[cond] for v in f["first_partial_s"]]
         fin = [v for f in out[cond] for v in f["final_s"]]
         summary[cond] = {
-            "first_partial_p50": _p(fp, 0.5),
-            "first_partial_p95": _p(fp, 0.95),
-            "final_p50": _p(fin, 0.5),
-            "final_p95": _p(fin, 0.95),
+            "first_partial_p50": percentile(fp, 0.5),
+            "first_partial_p95": percentile(fp, 0.95),
+            "final_p50": percentile(fin, 0.5),
+            "final_p95": percentile(fin, 0.95),
             "wer": statistics.mean(f["wer"] for f in out[cond]),
         }
     a, w = summary["alone"], summary["with_file"]

@@ -31,6 +31,7 @@ from bench.common import fmt, git_state, write_json
 from bench.latency import CHUNK_MS, build_stream
 from echopanel.audio.convert import float_to_pcm16, pcm16_to_float, resample
 from echopanel.evaluation import wer
+from echopanel.metrics import percentile
 from echopanel.testing.server import start_server
 
 RATE_IN = 16000
@@ -136,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for r in out[d] for row in r["rows"]]
 
         def q(key: str, p: float, rows: list[dict[str, Any]] = rows) -> float | None:
-            v = sorted(x[key] for x in rows if x[key] is not None)
-            return v[min(len(v) - 1, round(p * (len(v) - 1)))] if v else None
+            return percentile([x[key] for x in rows if x[key] is not None], p)
 
         w = statistics.mean(r["wer"] for r in out[d])
         summary[d] = {

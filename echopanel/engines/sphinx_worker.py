@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Any, BinaryIO
 
+from echopanel.metrics import rss_bytes
+
 HEADER = struct.Struct(">II")
 LENGTH = struct.Struct(">I")
 FRAME_MS = 10  # pocketsphinx's frame rate is 100 per second
@@ -54,14 +56,6 @@ def clean_word(word: str) -> str | None:
     if word.startswith(("<", "[", "++")):
         return None
     return _ALT.sub("", word)
-
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def main() -> int:

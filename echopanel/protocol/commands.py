@@ -12,6 +12,15 @@ from dataclasses import dataclass
 
 from echopanel.engines.base import TurnSettings
 
+# Keyterms (OpenAI ``keywords``, Deepgram ``keyterm``): how many, how long, and the one way they reach the decoder.
+MAX_KEYTERMS = 50
+MAX_KEYTERM_CHARS = 50
+
+
+def glossary(terms: tuple[str, ...]) -> str:
+    """Keyterms as the glossary sentence the decoder's prompt carries; it works with the forced prefix."""
+    return f"Glossary: {', '.join(terms)}." if terms else ""
+
 
 @dataclass(slots=True, frozen=True)
 class CreateSession:

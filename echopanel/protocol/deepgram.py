@@ -42,11 +42,10 @@ from echopanel.events import (
     UtteranceEnd,
 )
 from echopanel.protocol import commands as cmd
+from echopanel.protocol.commands import MAX_KEYTERM_CHARS, MAX_KEYTERMS, glossary
 from echopanel.protocol.errors import ErrorCode, ProtocolError
 
 CHANNEL_SOURCES = ("mic", "system")
-MAX_KEYTERMS = 50
-MAX_KEYTERM_CHARS = 50
 MODEL_UUID = "echopanel-" + "whisper-tiny-en"
 _NOT_ALNUM = re.compile(r"[^\w'-]+")
 
@@ -158,10 +157,6 @@ def parse_options(query: str, max_sources: int, languages: tuple[str, ...]) -> D
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"type": "Error", "variant": code, "description": message, "code": code, "message": message}
-
-
-def glossary(terms: tuple[str, ...]) -> str:
-    return f"Glossary: {', '.join(terms)}." if terms else ""
 
 
 @dataclass
@@ -351,4 +346,4 @@ class DeepgramCodec:
         }
 
 
-__all__ = ["DeepgramCodec", "DeepgramOptions", "glossary", "parse_options"]
+__all__ = ["DeepgramCodec", "DeepgramOptions", "parse_options"]

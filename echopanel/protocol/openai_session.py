@@ -9,7 +9,7 @@ which is not always what was asked (docs/protocol.md, "OpenAI field mapping"):
 - ``transcription.language`` / ``languages``: the decode language; from ``languages`` the first one this server's
   engine can do. None of them possible: ``unsupported_language`` naming the field.
 - ``transcription.prompt``: guides the decoder (its last 500 characters); ``keywords``: a glossary sentence after
-  the prompt ("Glossary: A, B."), at most ``MAX_KEYWORDS`` of at most ``MAX_KEYWORD_CHARS`` characters each.
+  the prompt ("Glossary: A, B."), at most ``MAX_KEYTERMS`` of at most ``MAX_KEYTERM_CHARS`` characters each.
 - ``transcription.delay``: how many consecutive decodes must agree before a word is stable and sent as ``delta``
   (minimal 1, low and medium 2, high 3, xhigh 4); echoed as asked.
 - ``turn_detection``: ``server_vad`` as given; ``semantic_vad`` runs the server's VAD with ``eagerness`` mapped to
@@ -32,11 +32,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from echopanel.protocol.commands import MAX_KEYTERM_CHARS, MAX_KEYTERMS, glossary
 from echopanel.protocol.errors import ErrorCode, ProtocolError
 
 SAMPLE_RATE = 24000
-MAX_KEYWORDS = 50
-MAX_KEYWORD_CHARS = 50
 MAX_PROMPT_CHARS = 500
 LOGPROBS = "item.input_audio_transcription.logprobs"
 AGREEMENT = {"minimal": 1, "low": 2, "medium": 2, "high": 3, "xhigh": 4}
@@ -141,8 +140,7 @@ class EffectiveConfig:
     @property
     def decoder_prompt(self) -> str:
         """The text that guides the decoder: the client's prompt, then the keywords as a glossary sentence."""
-        glossary = f"Glossary: {', '.join(self.keywords)}." if self.keywords else ""
-        return " ".join(p for p in (self.prompt, glossary) if p)
+        return " ".join(p for p in (self.prompt, glossary(self.keywords)) if p)
 
     def _turn(self) -> dict[str, Any] | None:
         if not self.vad:
@@ -301,11 +299,11 @@ def _transcription(new: EffectiveConfig, tr: Transcription, languages: tuple[str
         new.prompt = tr.prompt[-MAX_PROMPT_CHARS:]
     if tr.keywords is not None:
         keywords = tuple(k.strip() for k in tr.keywords if k.strip())
-        if len(keywords) > MAX_KEYWORDS:
-            raise refuse("keywords", f"at most {MAX_KEYWORDS} keywords; got {len(keywords)}")
-        long = [k for k in keywords if len(k) > MAX_KEYWORD_CHARS]
+        if len(keywords) > MAX_KEYTERMS:
+            raise refuse("keywords", f"at most {MAX_KEYTERMS} keywords; got {len(keywords)}")
+        long = [k for k in keywords if len(k) > MAX_KEYTERM_CHARS]
         if long:
-            raise refuse("keywords", f"a keyword may have at most {MAX_KEYWORD_CHARS} characters: {long[0][:60]!r}")
+            raise refuse("keywords", f"a keyword may have at most {MAX_KEYTERM_CHARS} characters: {long[0][:60]!r}")
         new.keywords = keywords
     if tr.delay is not None:
         new.delay = tr.delay

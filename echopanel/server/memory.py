@@ -10,9 +10,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import time
 from typing import Any
+
+from echopanel.metrics import rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,3 @@ def _short(path: str) -> str:
         if marker in path:
             return ("echopanel/" if marker == "/echopanel/" else "") + path.split(marker, 1)[1]
     return path
-
-
-def rss_bytes() -> int:
-    """This process's resident memory (Linux: /proc/self/statm; 0 where unknown)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

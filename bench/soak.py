@@ -128,7 +128,7 @@ from echopanel.testing.server import process_tree_cpu, process_tree_rss, start_s
 SOURCES = {1: ["mic"], 2: ["mic", "system"]}
 SAMPLE_EVERY_S = 2.0
 FLOOR_EVERY_S = 0.25  # between samples, RSS is read this often and the lowest kept (Sample.rss_min_mb)
-SETTLE_S = 35.0  # after close: past the server's 30 s malloc-trim tick (echopanel/server/memory.py TRIM_EVERY_S)
+SETTLE_S = 35.0  # after close: past the server's 30 s malloc-trim tick (memory_trim_s)
 SETTLE_EVERY_S = 5.0
 PROFILE_TOP = 15
 PROFILE_TIMEOUT_S = 120.0  # a tracemalloc snapshot of a big heap takes a while

@@ -27,6 +27,7 @@ from echopanel.flow.ladder import Level
 from echopanel.flow.source_queue import MarkersFull
 from echopanel.protocol import commands as cmd
 from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from echopanel.server import memory
 from echopanel.server.context import ServerContext
 from echopanel.session.finalize import finalize
 from echopanel.session.outbox import Barrier, Outbox, discard
@@ -128,6 +129,10 @@ class DialectConnection(ABC):
             if not self._sender.done():
                 self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
+            # A finished task keeps its exception, whose traceback holds this connection: let go of both tasks so a
+            # closed session is freed at once, not at the next full garbage collection (docs/behaviour.md).
+            self._sender = self._reader = None
+            memory.collect_soon()
 
     # -- hooks ---------------------------------------------------------------------------------------------------
 
@@ -298,8 +303,9 @@ class DialectConnection(ABC):
                     self.outbox.put_front(item)  # not delivered: kept for a resume
                     await self._cut_off_slow_client()
                     return
-                except (WebSocketDisconnect, RuntimeError, OSError):
+                except (WebSocketDisconnect, RuntimeError, OSError) as exc:
                     self.outbox.put_front(item)
+                    exc.__traceback__ = None  # the server's exception cycle would hold this frame, and so the session
                     return
                 except asyncio.CancelledError:
                     self.outbox.put_front(item)  # stopped mid-write (the connection ended): kept for a resume

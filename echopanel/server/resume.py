@@ -26,6 +26,7 @@ from echopanel.config import Settings
 from echopanel.events import Replayed, SessionInfo, SourceEvent
 from echopanel.flow.admission import Lease
 from echopanel.metrics import ServerMetrics
+from echopanel.server import memory
 from echopanel.server.controller import FlowController
 from echopanel.session.finalize import finalize
 from echopanel.session.outbox import Outbox, discard
@@ -92,8 +93,10 @@ class ResumeRegistry:
 
     def forget(self, entry: Resumable) -> None:
         entry.finished = True
+        entry.connection = None  # the connection holds the entry too: no cycle keeps a closed session alive
         if entry.expiry is not None and entry.expiry is not asyncio.current_task():
             entry.expiry.cancel()
+        entry.expiry = None  # the grace task's coroutine holds the entry
         if self.entries.get(entry.session.id) is entry:
             del self.entries[entry.session.id]
         self._export()
@@ -153,6 +156,7 @@ class ResumeRegistry:
                 entry.lease.release()
                 entry.lease = None
             self.forget(entry)
+            memory.collect_soon()
 
     # -- resume ------------------------------------------------------------------------------------------------------
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import uvicorn
+from starlette.applications import Starlette
 
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
@@ -76,9 +80,26 @@ def uvicorn_config(app: object, settings: Settings, sock: socket.socket | None =
     )
 
 
-async def serve(settings: Settings) -> None:
-    started = time.monotonic()
-    memory.limit_arenas()
+@dataclass
+class Stack:
+    """Everything one server runs: the app and the parts it was built from (``assemble``)."""
+
+    app: Starlette
+    engine: SpeechEngine
+    controller: FlowController | None
+    store: AsyncStore
+    speakers: SpeakerService | None
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.speakers is not None:
+            self.speakers.close()
+        self.store.close()
+
+
+async def assemble(settings: Settings) -> Stack:
+    """Load and warm the engine, open the store and the speaker encoder, and build the app on them (what
+    ``echopanel serve`` runs; tests serve the same stack in-process: ``echopanel.testing.inprocess``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     faults = FaultSwitch() if settings.fault_injection else None
     engine = await asyncio.to_thread(build_engine, settings, faults)
@@ -101,43 +122,58 @@ async def serve(settings: Settings) -> None:
     if faults is not None and isinstance(engine, ChainEngine):
         app.router.routes.extend(fault_routes(faults, engine.names))
         log.warning("fault injection is on: POST /faults makes engines fail, hang or die")
-    control_task = asyncio.create_task(controller.run()) if controller is not None else None
-    trim_task = asyncio.create_task(_trim_memory(settings.memory_trim_s))
-    retention_task = asyncio.create_task(_retention(store, settings))
-    server = uvicorn.Server(uvicorn_config(app, settings))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-            raise SystemExit("server failed to start")
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    features = server_features(engine, store, speakers)  # what /ready and session.created say too
-    log.info(
-        "EchoPanel ready: ws://%s:%d/v1/live engine=%s model=%s fallback=%s speakers=%s store=%s workers=%d auth=%s "
-        "startup=%.1fs",
-        settings.host,
-        port,
-        engine.capabilities.name,
-        engine.capabilities.model,
-        features.fallback or "off",
-        "on" if features.speakers else "off",
-        features.store or "off",
-        settings.inference_workers,
-        "token" if settings.token else "off",
-        time.monotonic() - started,
-    )
+    return Stack(app, engine, controller, store, speakers)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Stack]:
+    """``assemble``, with its background tasks (flow control, memory trim, retention) running until exit."""
+    stack = await assemble(settings)
+    tasks = [
+        asyncio.create_task(_trim_memory(settings.memory_trim_s)),
+        asyncio.create_task(_retention(stack.store, settings)),
+    ]
+    if stack.controller is not None:
+        tasks.append(asyncio.create_task(stack.controller.run()))
     try:
-        await task
+        yield stack
     finally:
-        if control_task is not None:
-            control_task.cancel()
-        trim_task.cancel()
-        retention_task.cancel()
-        engine.close()
-        if speakers is not None:
-            speakers.close()
-        store.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stack.close()
+
+
+async def serve(settings: Settings) -> None:
+    started = time.monotonic()
+    memory.limit_arenas()
+    async with running(settings) as stack:
+        memory.freeze()
+        server = uvicorn.Server(uvicorn_config(stack.app, settings))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                raise SystemExit("server failed to start")
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        engine = stack.engine
+        features = server_features(engine, stack.store, stack.speakers)  # what /ready and session.created say too
+        log.info(
+            "EchoPanel ready: ws://%s:%d/v1/live engine=%s model=%s fallback=%s speakers=%s store=%s workers=%d "
+            "auth=%s startup=%.1fs",
+            settings.host,
+            port,
+            engine.capabilities.name,
+            engine.capabilities.model,
+            features.fallback or "off",
+            "on" if features.speakers else "off",
+            features.store or "off",
+            settings.inference_workers,
+            "token" if settings.token else "off",
+            time.monotonic() - started,
+        )
+        await task
 
 
 def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerService | None]:

@@ -41,6 +41,7 @@ async def finalize(session: Session, status: str, event_id: str | None = None) -
         raise ValueError(f"status must be 'completed' or 'interrupted', not {status!r}")
     if session.finalization is None:
         session.finalization = asyncio.get_running_loop().create_future()
+        session.labels.stop()
         try:
             document = await _finalize(session, status, event_id)
         except BaseException as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
@@ -37,11 +37,11 @@ LIVE_LABELS_UNTIL = Level.SLOW_PARTIALS
 
 
 class LiveLabels:
-    def __init__(self, ledger: Ledger, outbox: Outbox, wait_ms: int, *, active: Callable[[], bool]) -> None:
+    def __init__(self, ledger: Ledger, outbox: Outbox, wait_ms: int) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.wait_ms = wait_ms
-        self._active = active  # False once finalization started (it settles every label itself)
+        self.active = True  # False once finalization started (it settles every label itself): ``stop``
         self._late: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -73,7 +73,7 @@ class LiveLabels:
 
     async def _late_label(self, iid: str, job: asyncio.Task[str | None]) -> None:
         await asyncio.wait([job])
-        if job.cancelled() or job.exception() is not None or job.result() is None or not self._active():
+        if job.cancelled() or job.exception() is not None or job.result() is None or not self.active:
             return
         label = job.result()
         self.relabel(iid, label)
@@ -95,6 +95,10 @@ class LiveLabels:
         task = asyncio.create_task(coro)
         self._late.add(task)
         task.add_done_callback(self._late.discard)
+
+    def stop(self) -> None:
+        """Finalization started: labels still running from before are dropped (finalization settles them)."""
+        self.active = False
 
     def cancel(self) -> None:
         for task in list(self._late):

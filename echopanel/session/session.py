@@ -100,7 +100,7 @@ class Session:
         self.dialect = dialect
         self.language = language
         self.ledger = Ledger(self.id, engine.capabilities.name, sources, store)
-        self.labels = LiveLabels(self.ledger, self.outbox, settings.speaker_wait_ms, active=lambda: not self.finalized)
+        self.labels = LiveLabels(self.ledger, self.outbox, settings.speaker_wait_ms)
         self.finalization: asyncio.Future[dict[str, Any]] | None = None  # set by finalize()
         engine_rate = engine.capabilities.sample_rate
         self.sources: dict[str, SourceState] = {}

@@ -4,6 +4,8 @@ clients over a real socket.
 
     async with serve_app(create_app(engine, settings), settings) as url:   # ws://127.0.0.1:PORT
         ...
+    async with serve_stack(settings) as (url, stack):                     # the whole server, real parts
+        ...
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from echopanel.config import Settings
-from echopanel.server.run import uvicorn_config
+from echopanel.server.run import Stack, running, uvicorn_config
 
 
 @contextlib.asynccontextmanager
@@ -36,3 +38,11 @@ async def serve_app(app: Starlette, settings: Settings) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def serve_stack(settings: Settings) -> AsyncIterator[tuple[str, Stack]]:
+    """The whole server ``echopanel serve`` runs (real engine, store, speaker encoder, flow control), in this process
+    on a free port; yields ``(ws://127.0.0.1:PORT, stack)``."""
+    async with running(settings) as stack, serve_app(stack.app, settings) as url:
+        yield url, stack

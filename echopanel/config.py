@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     send_queue_events: PositiveInt = 1024  # server events waiting for a slow client
     max_sources: PositiveInt = 4
     max_sessions: PositiveInt = 16  # past it: HTTP 503 + Retry-After (native) or close 1013 (OpenAI dialect)
+    # Native sockets hold no session slot until session.create; one that has not created (or resumed) a session this
+    # long after the upgrade is closed 1008, and at most this many such sockets wait at once (past it: HTTP 503).
+    handshake_timeout_s: PositiveFloat = 10.0
+    max_pending_connections: PositiveInt = 64
     # Resilience (docs/behaviour.md "Faults"): engines behind circuit breakers, a fallback engine, resume.
     fallback_engine: Literal["pocketsphinx", "none"] = "pocketsphinx"  # "none": Whisper alone
     fallback_workers: PositiveInt = 1  # pocketsphinx processes (~110 MB each), started with the server

@@ -3,33 +3,34 @@ how to refuse.
 
 A ``Lease`` is a session slot. It moves with the session it admitted: connection -> detached registry (the
 connection dropped, the session waits for a resume) -> the connection that resumes it. Whoever holds it last
-releases it; ``release`` is idempotent. A *provisional* lease holds no slot: it admits a connection past the limit
-only so that it may resume a detached session (which holds a slot of its own); such a connection may not create a
-new session.
+releases it; ``release`` is idempotent. A resume takes no new slot: the detached session still holds its own.
 
-Native endpoint: HTTP 503 with ``Retry-After`` before the upgrade. OpenAI dialect: accept, then close 1013 (the
-official SDK backs off and retries on 1013). Idle sessions are not pre-empted.
+A slot is taken when a session is created: for the native dialect at ``session.create`` (a socket that has not
+sent it holds none), for the OpenAI and Deepgram dialects at the upgrade (their session starts with the socket).
+Native endpoint: HTTP 503 with ``Retry-After`` before the upgrade when no slot is free, and error ``server_full`` +
+close 1013 when the last slot went between the upgrade and ``session.create``. OpenAI dialect: accept, then close
+1013 (the official SDK backs off and retries on 1013). Idle sessions are not pre-empted.
+
+``Pending`` bounds the sockets that wait without a session (native, before ``session.create``).
 """
 
 from __future__ import annotations
 
 
 class Lease:
-    """One admission slot (or none, if provisional)."""
+    """One admission slot."""
 
-    __slots__ = ("_admission", "provisional", "released")
+    __slots__ = ("_admission", "released")
 
-    def __init__(self, admission: Admission, *, provisional: bool = False) -> None:
+    def __init__(self, admission: Admission) -> None:
         self._admission = admission
-        self.provisional = provisional
         self.released = False
 
     def release(self) -> None:
         if self.released:
             return
         self.released = True
-        if not self.provisional:
-            self._admission._free()
+        self._admission._free()
 
 
 class Admission:
@@ -49,10 +50,6 @@ class Admission:
         self.active += 1
         return Lease(self)
 
-    def provisional(self) -> Lease:
-        """A lease without a slot, for a connection that may only resume a detached session."""
-        return Lease(self, provisional=True)
-
     def _free(self) -> None:
         if self.active > 0:
             self.active -= 1
@@ -60,3 +57,23 @@ class Admission:
     @property
     def capacity_left(self) -> int:
         return self.max_sessions - self.active
+
+
+class Pending:
+    """Sockets accepted without a session yet: at most ``limit`` at once (``max_pending_connections``)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.count = 0
+
+    def enter(self) -> bool:
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        if self.count > 0:
+            self.count -= 1

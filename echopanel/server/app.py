@@ -17,7 +17,7 @@ from echopanel import __version__
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
 from echopanel.events import Features
-from echopanel.flow.admission import Admission
+from echopanel.flow.admission import Admission, Pending
 from echopanel.metrics import ServerMetrics
 from echopanel.server.context import ServerContext
 from echopanel.server.controller import FlowController
@@ -96,7 +96,10 @@ def create_app(
         log.warning("memory debug is on: tracemalloc traces every Python allocation; GET /debug/memory")
         app.router.routes.extend(memory_routes(HeapProfile()))
     registry = ResumeRegistry(settings, metrics, controller)  # detached sessions (resume)
-    app.state.context = ServerContext(settings, engine, admission, metrics, registry, controller, store, speakers)
+    pending = Pending(settings.max_pending_connections)
+    app.state.context = ServerContext(
+        settings, engine, admission, metrics, registry, controller, store, speakers, pending
+    )
     app.state.settings = settings  # the HTTP routes' view (sessions API)
     app.state.store = store
     app.state.file_jobs = file_jobs()

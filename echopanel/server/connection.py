@@ -61,7 +61,7 @@ class DialectConnection(ABC):
     subprotocol: ClassVar[str | None] = None  # chosen when the client offers it
     token_subprotocol: ClassVar[bool] = False  # browsers may send the token as a subprotocol
     refuse_with_http: ClassVar[bool] = False  # full: HTTP 503 before the upgrade (else accept and close 1013)
-    may_resume: ClassVar[bool] = False  # full: admitted provisionally while detached sessions may be resumed
+    admits_at_create: ClassVar[bool] = False  # takes its session slot at session.create, not at the upgrade
 
     @staticmethod
     def precheck(ws: WebSocket) -> str | None:
@@ -73,7 +73,7 @@ class DialectConnection(ABC):
         """Refuse the connection in the dialect's own way before admission (Deepgram: HTTP 400); True if done."""
         return False
 
-    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease, codec: Codec) -> None:
+    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease | None, codec: Codec) -> None:
         self.ws = ws
         self.context = context
         self.settings = context.settings
@@ -88,6 +88,13 @@ class DialectConnection(ABC):
         self.failed = False  # an internal error ended the session (a fatal error was sent)
         self.evicted = False  # its session was resumed on another connection (native dialect)
         self.peer_close_code: int | None = None  # the close code the client sent (1006: none, the connection dropped)
+        self._pending = self.admits_at_create  # counted in ``context.pending`` until it has a session
+
+    def leave_pending(self) -> None:
+        """This socket has a session now (or is gone): it no longer counts against ``max_pending_connections``."""
+        if self._pending:
+            self._pending = False
+            self.context.pending.leave()
 
     def new_session(self, **kwargs: Any) -> Session:
         """A session wired to this connection's outbox, the metrics and the current degrade level."""
@@ -210,10 +217,21 @@ class DialectConnection(ABC):
     # -- I/O -----------------------------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        handshake_by = loop.time() + self.settings.handshake_timeout_s
         while True:
+            timeout = self.settings.idle_timeout_s
+            waiting = self.session is None and self.admits_at_create
+            if waiting:
+                timeout = min(timeout, handshake_by - loop.time())
             try:
-                msg = await asyncio.wait_for(self.ws.receive(), self.settings.idle_timeout_s)
+                msg = await asyncio.wait_for(self.ws.receive(), max(timeout, 0.0))
             except TimeoutError:
+                if waiting and self.session is None:
+                    log.info("no session.create within %.0f s: closing", self.settings.handshake_timeout_s)
+                    reason = f"no session.create within {self.settings.handshake_timeout_s:g} s"
+                    await self.ws.close(CloseCode.POLICY, reason=reason)
+                    return
                 log.info("connection idle for %.0f s: ending it", self.settings.idle_timeout_s)
                 await self.on_idle()
                 return

@@ -3,12 +3,12 @@ the speaker service, the registry of detached sessions, and the Prometheus metri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
-from echopanel.flow.admission import Admission
+from echopanel.flow.admission import Admission, Pending
 from echopanel.metrics import ServerMetrics
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.store import AsyncStore
@@ -28,3 +28,4 @@ class ServerContext:
     controller: FlowController | None = None
     store: AsyncStore | None = None  # stored sessions (echopanel/storage); None: nothing is stored
     speakers: SpeakerService | None = None  # live speaker labels; None: off
+    pending: Pending = field(default_factory=lambda: Pending(64))  # native sockets without a session yet

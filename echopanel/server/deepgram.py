@@ -49,7 +49,7 @@ class DeepgramConnection(DialectConnection):
             return True
         return False
 
-    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease) -> None:
+    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease | None) -> None:
         self.options = _options(ws)
         caps = context.engine.capabilities
         codec = dg.DeepgramCodec(self.options, model_name=caps.model.split(" (")[0])

@@ -3,9 +3,12 @@
 1. Auth: ``Authorization: Bearer T`` (and, for dialects that allow it, the ``echopanel.token.T`` subprotocol a
    browser can send); wrong or missing: accept, then close 1008 "unauthorized" (clients do not retry on 1008).
 2. The dialect's precheck (the OpenAI dialect: ``intent=transcription``); refused: close 1008 with the reason.
-3. Admission: a ``Lease`` on a session slot. At the limit a dialect that can resume is admitted provisionally while
-   detached sessions exist (it may only resume one); otherwise the connection is refused: HTTP 503 with
-   ``Retry-After`` before the upgrade (native), or accept and close 1013 (the OpenAI SDK retries on 1013).
+3. Admission (``echopanel/flow/admission.py``). A dialect whose session starts with the socket (OpenAI, Deepgram)
+   takes a ``Lease`` on a session slot here; at the limit the connection is refused: accept and close 1013 (the
+   OpenAI SDK retries on 1013). The native dialect takes its slot at ``session.create`` (``LiveConnection``), so
+   a socket that never sends it holds none; here it is refused with HTTP 503 and ``Retry-After`` before the
+   upgrade when no slot is free and no detached session could be resumed, or when ``max_pending_connections``
+   sockets already wait without a session.
 4. Accept (with the dialect's subprotocol when offered), run the connection, release whatever lease it still holds.
 """
 
@@ -26,6 +29,7 @@ from echopanel.server.context import ServerContext
 log = logging.getLogger(__name__)
 
 FULL_MESSAGE = "the server is at its session limit; retry later"
+WAITING_MESSAGE = "too many connections are waiting to create a session; retry later"
 
 
 def context_of(ws: WebSocket) -> ServerContext:
@@ -34,7 +38,7 @@ def context_of(ws: WebSocket) -> ServerContext:
 
 
 def dialect_endpoint(
-    connection: Callable[[WebSocket, ServerContext, Lease], DialectConnection],
+    connection: Callable[[WebSocket, ServerContext, Lease | None], DialectConnection],
 ) -> Callable[[WebSocket], Awaitable[None]]:
     """The Starlette WebSocket endpoint of a dialect (``connection`` is its ``DialectConnection`` class)."""
     dialect: type[DialectConnection] = connection  # type: ignore[assignment]
@@ -54,30 +58,45 @@ def dialect_endpoint(
             return
         if await dialect.refuse(ws):
             return
-        lease = ctx.admission.acquire()
-        if lease is None and dialect.may_resume and ctx.registry.detached > 0:
-            lease = ctx.admission.provisional()  # a detached session holds a slot: its client may come back
-        if lease is None:
-            ctx.metrics.sessions_refused.inc()
-            log.warning("session refused: server full (%d sessions)", ctx.admission.max_sessions)
-            await refuse_full(ws, ctx.admission, http=dialect.refuse_with_http)
-            return
+        lease: Lease | None = None
+        if dialect.admits_at_create:
+            if ctx.admission.capacity_left <= 0 and ctx.registry.detached == 0:
+                await _refuse(ws, ctx, http=True)
+                return
+            if not ctx.pending.enter():
+                log.warning("connection refused: %d sockets already wait for session.create", ctx.pending.limit)
+                await _refuse(ws, ctx, http=True, message=WAITING_MESSAGE)
+                return
+        else:
+            lease = ctx.admission.acquire()
+            if lease is None:
+                await _refuse(ws, ctx, http=dialect.refuse_with_http)
+                return
         conn = connection(ws, ctx, lease)
         try:
             await ws.accept(subprotocol=chosen)
             await conn.run()
         finally:
+            if dialect.admits_at_create:
+                conn.leave_pending()
             if conn.lease is not None:
                 conn.lease.release()
 
     return endpoint
 
 
-async def refuse_full(ws: WebSocket, admission: Admission, *, http: bool) -> None:
+async def _refuse(ws: WebSocket, ctx: ServerContext, *, http: bool, message: str = FULL_MESSAGE) -> None:
+    ctx.metrics.sessions_refused.inc()
+    if message is FULL_MESSAGE:
+        log.warning("session refused: server full (%d sessions)", ctx.admission.max_sessions)
+    await refuse_full(ws, ctx.admission, http=http, message=message)
+
+
+async def refuse_full(ws: WebSocket, admission: Admission, *, http: bool, message: str = FULL_MESSAGE) -> None:
     """HTTP 503 with Retry-After before the upgrade; close 1013 where the server cannot send HTTP responses (or the
     dialect's clients expect a close code)."""
     if http:
-        body = {"type": "error", "code": str(ErrorCode.SERVER_FULL), "message": FULL_MESSAGE}
+        body = {"type": "error", "code": str(ErrorCode.SERVER_FULL), "message": message}
         try:
             await ws.send_denial_response(
                 JSONResponse(body, status_code=503, headers={"Retry-After": str(admission.retry_after_s)})

@@ -38,9 +38,9 @@ class LiveConnection(DialectConnection):
     subprotocol = PROTOCOL_NAME
     token_subprotocol = True
     refuse_with_http = True
-    may_resume = True
+    admits_at_create = True
 
-    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease) -> None:
+    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease | None) -> None:
         caps = context.engine.capabilities
         codec = NativeCodec(NativeLimits(languages=caps.languages, max_sources=context.settings.max_sources))
         super().__init__(ws, context, lease, codec)
@@ -58,7 +58,9 @@ class LiveConnection(DialectConnection):
 
     async def on_command(self, command: cmd.Command) -> bool:
         if isinstance(command, cmd.CreateSession):
-            if self.lease is not None and self.lease.provisional:
+            self.lease = self.context.admission.acquire()
+            if self.lease is None:  # the last slot went after the upgrade
+                self.context.metrics.sessions_refused.inc()
                 return await self._refuse_full(command.event_id)
             await self._create(command)
             return False
@@ -81,6 +83,7 @@ class LiveConnection(DialectConnection):
         self.native.bind(session.source_names)
         info = session.info()
         self.resumable = self.registry.register(session, info, self)
+        self.leave_pending()
         await self.outbox.put(SessionCreated(info, command.event_id))
         log.info("session %s created: sources=%s rate=%d", session.id, session.source_names, session.sample_rate)
 
@@ -102,6 +105,7 @@ class LiveConnection(DialectConnection):
             await asyncio.gather(self._sender, return_exceptions=True)
         session = entry.session
         self.session, self.resumable, self.outbox = session, entry, entry.outbox
+        self.leave_pending()
         self.native.bind(session.source_names)
         received = entry.received_ms()
         rate = session.sample_rate
@@ -132,7 +136,7 @@ class LiveConnection(DialectConnection):
         return pcm
 
     async def _refuse_full(self, event_id: str | None) -> bool:
-        """Admitted past the limit only to resume a detached session, this connection asked for a new one."""
+        """``session.create`` found no free slot (admitted while one was free, or to resume a detached session)."""
         message = "the server is at its session limit; retry later"
         await self.outbox.put(ErrorEvent(str(ErrorCode.SERVER_FULL), message, event_id=event_id))
         await self.drain()

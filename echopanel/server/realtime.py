@@ -31,7 +31,7 @@ class RealtimeConnection(DialectConnection):
             return "only intent=transcription is supported"
         return None
 
-    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease) -> None:
+    def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease | None) -> None:
         caps = context.engine.capabilities
         super().__init__(ws, context, lease, oa.OpenAICodec(model=caps.model, languages=caps.languages))
 

@@ -180,8 +180,8 @@ class ResumeRegistry:
         entry.outbox.attach()
         entry.released.clear()
         if entry.lease is not None:
-            # The session already has a slot: it moves to this connection, whose own lease (a slot, or a
-            # provisional one when the server was full) goes back.
+            # The session already has a slot: it moves to this connection (which holds none of its own: the
+            # native dialect takes a slot at session.create, and a resume creates no session).
             own, connection.lease, entry.lease = connection.lease, entry.lease, None
             if own is not None:
                 own.release()

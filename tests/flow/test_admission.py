@@ -6,7 +6,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from echopanel.client import LiveClient
-from echopanel.flow.admission import Admission
+from echopanel.flow.admission import Admission, Pending
 
 from support import ServerProcess, wait_until_ready
 
@@ -23,13 +23,17 @@ def test_admission_at_n_and_n_plus_one() -> None:
         Admission(0)
 
 
-def test_a_provisional_lease_holds_no_slot() -> None:
-    adm = Admission(1)
-    assert adm.acquire() is not None
-    extra = adm.provisional()  # past the limit, only to resume a detached session
-    assert extra.provisional and adm.active == 1
-    extra.release()
-    assert adm.active == 1 and adm.capacity_left == 0
+def test_pending_sockets_at_n_and_n_plus_one() -> None:
+    pending = Pending(2)
+    assert pending.enter() and pending.enter()
+    assert not pending.enter() and pending.count == 2
+    pending.leave()
+    assert pending.enter()
+    for _ in range(5):
+        pending.leave()
+    assert pending.count == 0  # never below zero
+    with pytest.raises(ValueError):
+        Pending(0)
 
 
 async def test_session_n_plus_one_gets_503_with_retry_after(small_server: ServerProcess) -> None:

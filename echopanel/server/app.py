@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from echopanel import __version__
 from echopanel.config import Settings
-from echopanel.engines.base import SpeechEngine
+from echopanel.engines.base import EngineStatus, SpeechEngine
 from echopanel.events import Features
 from echopanel.flow.admission import Admission, Pending
 from echopanel.metrics import ServerMetrics
@@ -44,6 +44,12 @@ def server_features(engine: SpeechEngine, store: AsyncStore | None, speakers: Sp
     return Features(speakers=speakers is not None, fallback=fallback, store="sqlite" if store is not None else None)
 
 
+def engines_down(status: EngineStatus) -> bool:
+    """Every engine's circuit breaker is open (a half-open one lets a trial through: not down)."""
+    states = list((status.breakers or {}).values()) or [status.breaker]
+    return all(state == "open" for state in states)
+
+
 def create_app(
     engine: SpeechEngine,
     settings: Settings,
@@ -63,16 +69,22 @@ def create_app(
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def ready(request: Request) -> Response:
+        """Whether this server takes new sessions: the status a balancer's health check reads (200 or 503)."""
         caps = engine.capabilities
+        status = "ready"
+        if engines_down(engine.status()):
+            status = "engines_down"  # every engine's circuit breaker is open: new sessions would get only errors
+        elif admission.capacity_left <= 0:
+            status = "full"
         body = {
-            "status": "ready" if admission.capacity_left > 0 else "full",
+            "status": status,
             "engine": caps.name,
             "model": caps.model,
             "sessions": admission.active,
             "max_sessions": admission.max_sessions,
             "features": dataclasses.asdict(features),
         }
-        return JSONResponse(body, status_code=200 if admission.capacity_left > 0 else 503)
+        return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -61,7 +61,7 @@ async def test_bare_sockets_hold_no_slot(tmp_path: Path) -> None:
         with pytest.raises(InvalidStatus) as info:
             await bare(url)
         assert info.value.response.status_code == 503
-        for ws in idle[1:] + [real]:
+        for ws in [*idle[1:], real]:
             await ws.close()
 
 

@@ -237,6 +237,9 @@ async def test_all_engines_down_gives_item_errors_keeps_the_audio_and_transcribe
             }
             assert not [f for f in of(events, "response.done") if f["text"]]  # errors, not silence or text
             assert any(d["name"] == "engines_down" for d in of(events, "session.degraded"))
+            async with httpx.AsyncClient(base_url=faulty_server.http) as http:  # a balancer sends new sessions away
+                ready = await http.get("/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "engines_down"
             received = [ev["sources"]["mic"]["received_ms"] for ev in of(events, "session.metrics")]
             assert received[-1] == len(audio) // 32  # every sample is held (in the recording)
             # The engines come back; after the breaker period the session is closed and the failed items are

@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--token", help="require this bearer token (ECHOPANEL_TOKEN; default: no auth)")
     serve.add_argument("--data-dir", help="where sessions and recordings live (ECHOPANEL_DATA_DIR)")
     serve.add_argument("--max-sessions", type=int, help="concurrent session limit (ECHOPANEL_MAX_SESSIONS, default 16)")
+    serve.add_argument(
+        "--store",
+        help="session store: a SQLite path or sqlite:///PATH (default: echopanel.db in the data dir), or "
+        "postgresql://USER@HOST:PORT/DB shared by a fleet (ECHOPANEL_STORE)",
+    )
+    serve.add_argument("--node-id", help="this node's name in a shared store (ECHOPANEL_NODE_ID; default host:port)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
 
     tr = sub.add_parser("transcribe", help="stream WAV files to a server and print the transcript")
@@ -86,7 +92,13 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env(
-            host=args.host, port=args.port, token=args.token, data_dir=args.data_dir, max_sessions=args.max_sessions
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            data_dir=args.data_dir,
+            max_sessions=args.max_sessions,
+            store=args.store,
+            node_id=args.node_id,
         )
     except SettingsError as exc:  # refused at start: say which variable or flag, and what it allows
         print(f"echopanel serve: {exc}", file=sys.stderr)

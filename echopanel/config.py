@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8765  # 0: any free port
     token: str | None = None
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".local" / "share" / "echopanel")
+    # The session store: "" (SQLite in data_dir, the embedded default), a path or sqlite:///PATH, or
+    # postgresql://USER@HOST:PORT/DB for a fleet of nodes sharing it (docs/deployment.md).
+    store: str = ""
+    node_id: str = ""  # this node's name in a shared store ("": hostname:port)
     model_dir: Path | None = None  # None: the packaged Whisper tiny.en
     inference_workers: PositiveInt = 2  # decodes run in parallel on one shared model
     # 2 workers x 1 thread: best latency under load on 2 cores (docs/architecture.md).

@@ -1,7 +1,8 @@
 """``echopanel sessions list|show|export|delete``: stored sessions, read straight from the data directory.
 
-It opens the same SQLite file the server writes (``<data_dir>/echopanel.db``; WAL lets it read while the server
-runs), so it works with the server stopped too. ``delete`` refuses a session that is still running
+It opens the store the server writes (``--store`` / ``ECHOPANEL_STORE``: by default the SQLite file
+``<data_dir>/echopanel.db``, which WAL lets it read while the server runs; or a fleet's PostgreSQL), so it works
+with the server stopped too. ``delete`` refuses a session that is still running
 (``active``) and removes its recordings with it.
 """
 
@@ -14,13 +15,15 @@ from pathlib import Path
 
 from echopanel.analysis.export import FORMATS, export
 from echopanel.config import Settings, SettingsError
+from echopanel.storage.open import open_store, sqlite_path, store_kind
 from echopanel.storage.recording import delete_session_recordings
-from echopanel.storage.sqlite import SqliteStore
+from echopanel.storage.sql import SqlStore
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sessions", help="list, show, export or delete stored sessions (reads the data directory)")
     p.add_argument("--data-dir", help="the server's data directory (ECHOPANEL_DATA_DIR)")
+    p.add_argument("--store", help="the server's store, if not the data dir's SQLite file (ECHOPANEL_STORE)")
     ops = p.add_subparsers(dest="op", required=True)
     ls = ops.add_parser("list", help="stored sessions, newest first")
     ls.add_argument("--limit", type=int, default=50)
@@ -38,15 +41,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     try:
-        data_dir = Settings.from_env(data_dir=args.data_dir).data_dir
+        settings = Settings.from_env(data_dir=args.data_dir, store=args.store)
     except SettingsError as exc:  # a bad ECHOPANEL_* variable: say which, and what it allows
         print(f"echopanel sessions: {exc}", file=sys.stderr)
         return 2
-    db = data_dir / "echopanel.db"
-    if not db.is_file():
+    data_dir = settings.data_dir
+    if store_kind(settings.store) == "sqlite" and not sqlite_path(settings.store, data_dir).is_file():
         print(f"echopanel sessions: no session store in {data_dir}", file=sys.stderr)
         return 1
-    store = SqliteStore(db)
+    store = open_store(settings.store, data_dir)
     try:
         return _run(args, store, data_dir)
     finally:
@@ -58,7 +61,7 @@ def _mmss(ms: int) -> str:
     return f"{s // 60:02d}:{s % 60:02d}"
 
 
-def _run(args: argparse.Namespace, store: SqliteStore, data_dir: Path) -> int:
+def _run(args: argparse.Namespace, store: SqlStore, data_dir: Path) -> int:
     if args.op == "list":
         records = store.list_sessions(limit=args.limit)
         if args.json:

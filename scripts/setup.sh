@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lock="requirements/${1:-runtime}.txt"
 python="${PYTHON:-python3}"
-# The browser and audio-capture tests need Debian's Chromium, PulseAudio (+ pactl/paplay) and the PortAudio library
+# The browser and audio-capture tests need Debian's Chromium, PulseAudio (+ pactl/paplay) and the PortAudio library;
+# the PostgreSQL store tests start a real server from Debian's postgresql
 # (`echopanel listen` itself needs only libportaudio2). Installed when missing, if we may (root and apt-get).
 if [ "${1:-runtime}" = test ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=""
-  for pkg in chromium pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins espeak-ng; do
+  for pkg in chromium pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins espeak-ng postgresql; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
   done
   if [ -n "$missing" ]; then

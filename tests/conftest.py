@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from echopanel.testing.postgres import postgres_server
+
 from support import SMALL_MESSAGE_BYTES, ServerProcess, run_server
 
 
@@ -19,6 +21,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with run_server(tmp_path_factory.mktemp("token"), env={"ECHOPANEL_TOKEN": "s3cret"}) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server (Debian's, started for this test run on loopback); tests make their own databases
+    on it (``echopanel.testing.postgres.fresh_database``)."""
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -30,7 +30,7 @@ from echopanel.server.realtime import realtime_endpoint
 from echopanel.server.resume import ResumeRegistry
 from echopanel.server.sessions_api import session_routes
 from echopanel.speakers.live import SpeakerService
-from echopanel.storage.store import AsyncStore
+from echopanel.storage.store import AsyncStore, store_kind_of
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def server_features(engine: SpeechEngine, store: AsyncStore | None, speakers: Sp
     """The optional parts this server runs with (``/ready``, the ready line; each session says its own)."""
     status = engine.status()  # a chain names its fallback engines beside the primary
     fallback = next((name for name in status.breakers or {} if name != status.primary), None)
-    return Features(speakers=speakers is not None, fallback=fallback, store="sqlite" if store is not None else None)
+    return Features(speakers=speakers is not None, fallback=fallback, store=store_kind_of(store))
 
 
 def engines_down(status: EngineStatus) -> bool:

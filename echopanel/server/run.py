@@ -28,8 +28,8 @@ from echopanel.server.app import create_app, server_features
 from echopanel.server.controller import FlowController
 from echopanel.server.faults import fault_routes
 from echopanel.speakers.live import SpeakerService
+from echopanel.storage.open import open_store
 from echopanel.storage.retention import sweep
-from echopanel.storage.sqlite import SqliteStore
 from echopanel.storage.store import AsyncStore
 
 log = logging.getLogger("echopanel")
@@ -176,10 +176,17 @@ async def serve(settings: Settings) -> None:
         await task
 
 
+def node_id(settings: Settings) -> str:
+    """``--node-id``, else hostname:port."""
+    return settings.node_id or f"{socket.gethostname()}:{settings.port}"
+
+
 def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerService | None]:
     """The session store (sessions a dead server left active become interrupted) and the speaker encoder."""
-    store = SqliteStore(settings.data_dir / "echopanel.db")
-    interrupted = store.mark_interrupted()
+    store = open_store(settings.store, settings.data_dir, node_id(settings))
+    # One SQLite file has one server: every session it left active died with it. A shared store has other nodes,
+    # whose live sessions are theirs: only this node's own are swept.
+    interrupted = store.mark_interrupted(every_node=store.kind == "sqlite")
     if interrupted:
         log.info("marked %d sessions left active by a previous run as interrupted", len(interrupted))
     speakers = None

@@ -55,7 +55,7 @@ from echopanel.session.source import Marker, SourceState
 from echopanel.session.telemetry import measure, snapshot, source_stats
 from echopanel.speakers.live import SourceSpeakers, SpeakerService
 from echopanel.storage.recording import Recording, session_dir
-from echopanel.storage.store import AsyncStore, SessionRecord, SourceRecord
+from echopanel.storage.store import AsyncStore, SessionRecord, SourceRecord, store_kind_of
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Session:
         features = Features(
             speakers=any(state.speakers is not None for state in self.sources.values()),
             fallback=fallback,
-            store="sqlite" if self.store is not None else None,
+            store=store_kind_of(self.store),
         )
         return SessionInfo(
             self.id,

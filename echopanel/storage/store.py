@@ -1,7 +1,8 @@
 """The session store: what a session leaves behind (sessions, sources, items, speakers, summary, shed spans).
 
-``SessionStore`` is the interface; ``echopanel/storage/sqlite.py`` implements it with SQLite (WAL) in the data
-directory, and a server database can replace it later. The methods are synchronous and cheap; the server calls them
+``SessionStore`` is the interface; ``echopanel/storage/sql.py`` implements it in SQL for SQLite (``sqlite.py``,
+WAL, in the data directory: the embedded default) and PostgreSQL (``postgres.py``, shared by a fleet);
+``open.py`` picks one from ``--store``. The methods are synchronous and cheap; the server calls them
 through ``AsyncStore``, which runs writes one at a time on a dedicated thread (in the order they were asked for) and
 reads on another, so the event loop never waits on the disk.
 
@@ -144,8 +145,9 @@ class SessionStore(Protocol):
 
     def finalize(self, session_id: str, fin: Finalization) -> None: ...
 
-    def mark_interrupted(self) -> list[str]:
-        """Sessions left ``active`` (their server died) become ``interrupted``; returns their ids."""
+    def mark_interrupted(self, every_node: bool = False) -> list[str]:
+        """This node's sessions left ``active`` (it died) become ``interrupted`` (every node's with
+        ``every_node``); returns their ids."""
         ...
 
     def list_sessions(self, limit: int = 100, offset: int = 0) -> list[SessionRecord]: ...
@@ -173,6 +175,11 @@ class SessionStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def store_kind_of(store: AsyncStore | None) -> str | None:
+    """ "sqlite" or "postgresql" (what ``/ready`` and ``session.created`` say), or None without a store."""
+    return None if store is None else str(getattr(store.store, "kind", "sqlite"))
 
 
 class AsyncStore:

@@ -27,7 +27,7 @@ async def test_acknowledged_audio_survives_kill_9(tmp_path: Path) -> None:
     with run_server(tmp_path) as server:
         async with LiveClient(server.url, sources=["mic"]) as client:
             sid = client.session["id"]
-            pcm = b"\x00\x00" * 16000 * 3 // 2  # 1.5 s: less than the 64 KB (2 s) a write buffer used to hold
+            pcm = b"\x00\x00" * (16000 * 3 // 2)  # 1.5 s: less than the 64 KB (2 s) a write buffer used to hold
             for i in range(0, len(pcm), 1280):
                 await client.send_audio("mic", pcm[i : i + 1280])
             acked = 0

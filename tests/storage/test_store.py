@@ -1,18 +1,23 @@
-"""The SQLite session store: writes, reads, finalization, restart (interrupted), deletion, retention, threads."""
+"""The session store on SQLite and on a real PostgreSQL server (the same tests for both): writes, reads,
+finalization, restart (interrupted, only the restarting node's sessions), deletion, retention, threads."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from echopanel.storage.postgres import PostgresStore
 from echopanel.storage.recording import Recording, session_dir
 from echopanel.storage.retention import DAY_S, sweep
+from echopanel.storage.sql import SqlStore
 from echopanel.storage.sqlite import SqliteStore
 from echopanel.storage.store import Finalization, SessionRecord, ShedSpan, SourceRecord, SpeakerRecord, StoredItem
+from echopanel.testing.postgres import fresh_database
 
 
 def record(sid: str = "sess_a", created: float = 1000.0) -> SessionRecord:
@@ -23,14 +28,30 @@ def item(sid: str, n: int, text: str = "hello there", **kw: object) -> StoredIte
     return StoredItem(sid, f"item_mic_{n:05d}", "mic", text, n * 1000, n * 1000 + 800, **kw)  # type: ignore[arg-type]
 
 
+Opener = Callable[..., SqlStore]  # opener(node_id="") -> a store on this test's database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    opened: list[SqlStore] = []
+    url = fresh_database(request.getfixturevalue("pg_url")) if request.param == "postgresql" else ""
+
+    def open_store(node_id: str = "") -> SqlStore:
+        s: SqlStore = PostgresStore(url, node_id) if url else SqliteStore(tmp_path / "echopanel.db", node_id)
+        opened.append(s)
+        return s
+
+    yield open_store
+    for s in opened:
+        s.close()
+
+
 @pytest.fixture()
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(tmp_path / "echopanel.db")
-    yield s  # type: ignore[misc]
-    s.close()
+def store(opener: Opener) -> SqlStore:
+    return opener()
 
 
-def test_items_as_they_land_and_back(store: SqliteStore) -> None:
+def test_items_as_they_land_and_back(store: SqlStore) -> None:
     store.create_session(record(), [SourceRecord("mic", 0, 16000, recording="/x/mic.pcm")])
     words = ({"word": "hello", "start_ms": 1000, "end_ms": 1300, "confidence": 0.9},)
     store.add_item(item("sess_a", 2, "second", speaker="mic:S1"))
@@ -46,7 +67,7 @@ def test_items_as_they_land_and_back(store: SqliteStore) -> None:
     assert store.get_session("nope") is None and store.items("nope") == []
 
 
-def test_finalize_writes_everything_at_once(store: SqliteStore) -> None:
+def test_finalize_writes_everything_at_once(store: SqlStore) -> None:
     store.create_session(record(), [SourceRecord("mic", 0, 16000)])
     store.add_item(item("sess_a", 1))
     store.add_item(item("sess_a", 2, "cut", superseded=True))
@@ -71,7 +92,7 @@ def test_finalize_writes_everything_at_once(store: SqliteStore) -> None:
     assert store.sources("sess_a")[0].dropped_ms == 1000
 
 
-def test_finalize_keeps_only_the_final_transcript(store: SqliteStore) -> None:
+def test_finalize_keeps_only_the_final_transcript(store: SqlStore) -> None:
     store.create_session(record(), [])
     for n in (1, 2, 3):
         store.add_item(item("sess_a", n))
@@ -83,25 +104,28 @@ def test_finalize_keeps_only_the_final_transcript(store: SqliteStore) -> None:
     assert [i.item_id for i in store.items("sess_a")] == ["item_mic_00001", "item_mic_00003", "item_mic_00004"]
 
 
-def test_restart_marks_active_sessions_interrupted(tmp_path: Path) -> None:
-    first = SqliteStore(tmp_path / "db")
+def test_restart_marks_active_sessions_interrupted(opener: Opener) -> None:
+    first = opener("node-a")
     first.create_session(record("sess_live"), [])
     first.create_session(record("sess_done"), [])
     first.finalize("sess_done", Finalization("completed", 5.0, {}))
     first.add_item(item("sess_live", 1))
-    # no close: as if the process died
-    second = SqliteStore(tmp_path / "db")
+    other = opener("node-b")
+    other.create_session(record("sess_elsewhere"), [])
+    # no close: as if node-a died; node-a starts again
+    assert opener("node-c").mark_interrupted() == []  # another node restarting never ends node-a's sessions
+    second = opener("node-a")
     assert second.mark_interrupted() == ["sess_live"]
     live = second.get_session("sess_live")
     assert live is not None and live.status == "interrupted" and live.ended_at is not None
     assert [i.text for i in second.items("sess_live")] == ["hello there"]
     assert second.get_session("sess_done").status == "completed"  # type: ignore[union-attr]
     assert second.mark_interrupted() == []
-    second.close()
-    first.close()
+    assert second.get_session("sess_elsewhere").status == "active"  # type: ignore[union-attr]
+    assert second.mark_interrupted(every_node=True) == ["sess_elsewhere"]  # the single-node store's sweep
 
 
-def test_list_delete_and_cascade(store: SqliteStore) -> None:
+def test_list_delete_and_cascade(store: SqlStore) -> None:
     for n in range(3):
         store.create_session(record(f"sess_{n}", created=1000.0 + n), [SourceRecord("mic", 0, 16000)])
         store.add_item(item(f"sess_{n}", 1))
@@ -112,7 +136,7 @@ def test_list_delete_and_cascade(store: SqliteStore) -> None:
     assert [r.id for r in store.list_sessions()] == ["sess_2", "sess_0"]
 
 
-def test_writes_from_many_threads(store: SqliteStore) -> None:
+def test_writes_from_many_threads(store: SqlStore) -> None:
     store.create_session(record(), [])
 
     def writer(k: int) -> None:
@@ -127,7 +151,7 @@ def test_writes_from_many_threads(store: SqliteStore) -> None:
     assert len(store.items("sess_a")) == 200
 
 
-def test_write_cost(store: SqliteStore) -> None:
+def test_write_cost(store: SqlStore) -> None:
     """Prints the measured cost of one final's write (WAL, synchronous=NORMAL); no assertion on speed."""
     store.create_session(record(), [])
     words = tuple({"word": f"w{k}", "start_ms": k, "end_ms": k + 1, "confidence": 0.9} for k in range(12))
@@ -139,8 +163,8 @@ def test_write_cost(store: SqliteStore) -> None:
     assert len(store.items("sess_a")) == 200
 
 
-def test_retention_deletes_old_recordings_only(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db")
+def test_retention_deletes_old_recordings_only(tmp_path: Path, opener: Opener) -> None:
+    store = opener()
     now = 100 * DAY_S
     for sid, ended in (("sess_old", now - 31 * DAY_S), ("sess_new", now - 1 * DAY_S)):
         store.create_session(record(sid), [])
@@ -159,4 +183,3 @@ def test_retention_deletes_old_recordings_only(tmp_path: Path) -> None:
     # 0 days: every ended session's recording goes at the next sweep; running ones stay.
     assert sweep(store, tmp_path, 0, now=now) == ["sess_new"]
     assert session_dir(tmp_path, "sess_running").exists()
-    store.close()

@@ -1,0 +1,382 @@
+"""The SQL behind both stores: one schema, one set of statements, for SQLite and PostgreSQL.
+
+``SqlStore`` implements ``SessionStore`` over a DB-API cursor; a backend gives it ``_tx`` (a transaction: commit on
+success, roll back on error) and ``_read`` (a cursor for reads), and its placeholder style. Statements are written
+with ``?`` and use only what both databases have (``ON CONFLICT ... DO UPDATE``, ``CREATE ... IF NOT EXISTS``).
+Columns that hold unix seconds are ``DOUBLE PRECISION`` (in SQLite a REAL); flags are integers.
+
+Ownership (docs/deployment.md): each session records the node that runs it (``owner``). A node that starts marks
+its own sessions left ``active`` as ``interrupted`` and no other node's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from echopanel.storage.store import (
+    Finalization,
+    SessionRecord,
+    ShedSpan,
+    SourceRecord,
+    SpeakerRecord,
+    StoredItem,
+)
+
+
+class Cursor(Protocol):
+    """What ``SqlStore`` needs of a DB-API cursor (sqlite3 and psycopg both have it)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: Any, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: Any, params: Sequence[Sequence[Any]], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+SCHEMA_VERSION = 2  # 2: sessions.owner
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('active', 'completed', 'interrupted')),
+    created_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    sources TEXT NOT NULL,
+    sample_rate INTEGER NOT NULL,
+    dialect TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    model TEXT NOT NULL,
+    language TEXT NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at);
+CREATE TABLE IF NOT EXISTS sources (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    sample_rate INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL DEFAULT 0,
+    dropped_ms INTEGER NOT NULL DEFAULT 0,
+    recording TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (session_id, name)
+);
+CREATE TABLE IF NOT EXISTS items (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    item_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    text TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    speaker TEXT,
+    words TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    repaired INTEGER NOT NULL,
+    superseded INTEGER NOT NULL,
+    compute_ms DOUBLE PRECISION NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (session_id, item_id)
+);
+CREATE INDEX IF NOT EXISTS items_time ON items (session_id, start_ms);
+CREATE TABLE IF NOT EXISTS speakers (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    source TEXT NOT NULL,
+    talk_ms INTEGER NOT NULL,
+    items INTEGER NOT NULL,
+    PRIMARY KEY (session_id, label)
+);
+CREATE TABLE IF NOT EXISTS summaries (
+    session_id TEXT PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+    payload TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shed_spans (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    source TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shed_session ON shed_spans (session_id);
+"""
+
+_SESSION_COLUMNS = (
+    "s.id, s.status, s.created_at, s.ended_at, s.sources, s.sample_rate, s.dialect, s.engine, s.model, s.language, "
+    "(SELECT COUNT(*) FROM items i WHERE i.session_id = s.id AND i.superseded = 0), "
+    "(SELECT COALESCE(MAX(i.end_ms), 0) FROM items i WHERE i.session_id = s.id)"
+)
+
+
+class SqlStore:
+    """``SessionStore`` in SQL. Subclasses: ``SqliteStore`` (the default), ``PostgresStore`` (a fleet)."""
+
+    placeholder = "?"
+    kind = "sql"  # what ``/ready`` and ``session.created`` name as the store
+
+    def __init__(self, node_id: str = "") -> None:
+        self.node_id = node_id  # recorded as each new session's owner
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Cursor]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _exec(self, c: Cursor, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        c.execute(self._q(sql), params)
+        return c
+
+    def _many(self, c: Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            c.executemany(self._q(sql), rows)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._read() as c:
+            return list(self._exec(c, sql, params).fetchall())
+
+    # -- writes ----------------------------------------------------------------------------------------------------
+
+    def create_session(self, record: SessionRecord, sources: list[SourceRecord]) -> None:
+        with self._tx() as c:
+            self._exec(
+                c,
+                "INSERT INTO sessions (id, status, created_at, ended_at, sources, sample_rate, dialect, engine, model,"
+                " language, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.status,
+                    record.created_at,
+                    record.ended_at,
+                    json.dumps(list(record.sources)),
+                    record.sample_rate,
+                    record.dialect,
+                    record.engine,
+                    record.model,
+                    record.language,
+                    self.node_id,
+                ),
+            )
+            self._many(
+                c,
+                "INSERT INTO sources (session_id, name, priority, sample_rate, received_ms, dropped_ms, recording)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (record.id, s.name, s.priority, s.sample_rate, s.received_ms, s.dropped_ms, s.recording)
+                    for s in sources
+                ],
+            )
+
+    def add_item(self, item: StoredItem) -> None:
+        with self._tx() as c:
+            self._exec(
+                c,
+                "INSERT INTO items (session_id, item_id, source, text, start_ms, end_ms, speaker, words, engine,"
+                " repaired, superseded, compute_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (session_id, item_id) DO UPDATE SET source = excluded.source, text = excluded.text,"
+                " start_ms = excluded.start_ms, end_ms = excluded.end_ms, speaker = excluded.speaker,"
+                " words = excluded.words, engine = excluded.engine, repaired = excluded.repaired,"
+                " superseded = excluded.superseded, compute_ms = excluded.compute_ms,"
+                " created_at = excluded.created_at",
+                (
+                    item.session_id,
+                    item.item_id,
+                    item.source,
+                    item.text,
+                    item.start_ms,
+                    item.end_ms,
+                    item.speaker,
+                    json.dumps(list(item.words), separators=(",", ":"), ensure_ascii=False),
+                    item.engine,
+                    int(item.repaired),
+                    int(item.superseded),
+                    item.compute_ms,
+                    item.created_at,
+                ),
+            )
+
+    def set_speakers(self, session_id: str, labels: dict[str, str | None]) -> None:
+        if not labels:
+            return
+        with self._tx() as c:
+            self._many(
+                c,
+                "UPDATE items SET speaker = ? WHERE session_id = ? AND item_id = ?",
+                [(label, session_id, iid) for iid, label in labels.items()],
+            )
+
+    def finalize(self, session_id: str, fin: Finalization) -> None:
+        with self._tx() as c:
+            self._many(
+                c,
+                "UPDATE items SET speaker = ? WHERE session_id = ? AND item_id = ?",
+                [(label, session_id, iid) for iid, label in fin.relabelled.items()],
+            )
+            if fin.keep_items is None:
+                self._exec(c, "DELETE FROM items WHERE session_id = ? AND superseded = 1", (session_id,))
+            else:
+                keep = set(fin.keep_items)
+                stored = [
+                    r[0]
+                    for r in self._exec(c, "SELECT item_id FROM items WHERE session_id = ?", (session_id,)).fetchall()
+                ]
+                self._many(
+                    c,
+                    "DELETE FROM items WHERE session_id = ? AND item_id = ?",
+                    [(session_id, iid) for iid in stored if iid not in keep],
+                )
+            self._exec(c, "DELETE FROM speakers WHERE session_id = ?", (session_id,))
+            self._many(
+                c,
+                "INSERT INTO speakers (session_id, label, source, talk_ms, items) VALUES (?, ?, ?, ?, ?)",
+                [(session_id, s.label, s.source, s.talk_ms, s.items) for s in fin.speakers],
+            )
+            self._exec(c, "DELETE FROM shed_spans WHERE session_id = ?", (session_id,))
+            self._many(
+                c,
+                "INSERT INTO shed_spans (session_id, source, start_ms, end_ms) VALUES (?, ?, ?, ?)",
+                [(session_id, s.source, s.start_ms, s.end_ms) for s in fin.shed_spans],
+            )
+            for s in fin.sources:
+                self._exec(
+                    c,
+                    "UPDATE sources SET received_ms = ?, dropped_ms = ? WHERE session_id = ? AND name = ?",
+                    (s.received_ms, s.dropped_ms, session_id, s.name),
+                )
+            self._exec(
+                c,
+                "INSERT INTO summaries (session_id, payload, created_at) VALUES (?, ?, ?) ON CONFLICT (session_id)"
+                " DO UPDATE SET payload = excluded.payload, created_at = excluded.created_at",
+                (session_id, json.dumps(fin.summary, separators=(",", ":"), ensure_ascii=False), time.time()),
+            )
+            self._exec(
+                c, "UPDATE sessions SET status = ?, ended_at = ? WHERE id = ?", (fin.status, fin.ended_at, session_id)
+            )
+
+    def mark_interrupted(self, every_node: bool = False) -> list[str]:
+        """This node's sessions left ``active`` (it died meanwhile) become ``interrupted`` (every node's with
+        ``every_node``: the embedded single-node store); returns their ids."""
+        with self._tx() as c:
+            if every_node:
+                self._exec(c, "SELECT id FROM sessions WHERE status = 'active'")
+            else:
+                self._exec(c, "SELECT id FROM sessions WHERE status = 'active' AND owner = ?", (self.node_id,))
+            ids = [r[0] for r in c.fetchall()]
+            now = time.time()
+            for sid in ids:
+                last = self._exec(c, "SELECT MAX(created_at) FROM items WHERE session_id = ?", (sid,)).fetchone()[0]
+                self._exec(
+                    c, "UPDATE sessions SET status = 'interrupted', ended_at = ? WHERE id = ?", (last or now, sid)
+                )
+        return ids
+
+    def delete_session(self, session_id: str) -> bool:
+        with self._tx() as c:
+            cur = self._exec(c, "DELETE FROM sessions WHERE id = ?", (session_id,))
+            return cur.rowcount > 0
+
+    def forget_recordings(self, session_id: str) -> None:
+        with self._tx() as c:
+            self._exec(c, "UPDATE sources SET recording = '' WHERE session_id = ?", (session_id,))
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+
+    def list_sessions(self, limit: int = 100, offset: int = 0) -> list[SessionRecord]:
+        rows = self._rows(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions s ORDER BY s.created_at DESC, s.id LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [_session(r) for r in rows]
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = self._rows(f"SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.id = ?", (session_id,))
+        return _session(rows[0]) if rows else None
+
+    def items(self, session_id: str) -> list[StoredItem]:
+        rows = self._rows(
+            "SELECT session_id, item_id, source, text, start_ms, end_ms, speaker, words, engine, repaired, superseded,"
+            " compute_ms, created_at FROM items WHERE session_id = ? ORDER BY start_ms, source, item_id",
+            (session_id,),
+        )
+        return [
+            StoredItem(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                tuple(json.loads(r[7])),
+                r[8],
+                bool(r[9]),
+                bool(r[10]),
+                r[11],
+                r[12],
+            )
+            for r in rows
+        ]
+
+    def summary(self, session_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT payload FROM summaries WHERE session_id = ?", (session_id,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def speakers(self, session_id: str) -> list[SpeakerRecord]:
+        rows = self._rows(
+            "SELECT label, source, talk_ms, items FROM speakers WHERE session_id = ? ORDER BY source, talk_ms DESC",
+            (session_id,),
+        )
+        return [SpeakerRecord(*r) for r in rows]
+
+    def shed_spans(self, session_id: str) -> list[ShedSpan]:
+        rows = self._rows(
+            "SELECT source, start_ms, end_ms FROM shed_spans WHERE session_id = ? ORDER BY source, start_ms",
+            (session_id,),
+        )
+        return [ShedSpan(*r) for r in rows]
+
+    def sources(self, session_id: str) -> list[SourceRecord]:
+        rows = self._rows(
+            "SELECT name, priority, sample_rate, received_ms, dropped_ms, recording FROM sources WHERE session_id = ?"
+            " ORDER BY priority, name",
+            (session_id,),
+        )
+        return [SourceRecord(*r) for r in rows]
+
+    def ended_before(self, cutoff: float) -> list[str]:
+        rows = self._rows(
+            "SELECT id FROM sessions WHERE status != 'active' AND COALESCE(ended_at, created_at) < ?", (cutoff,)
+        )
+        return [r[0] for r in rows]
+
+
+def _session(r: tuple[Any, ...]) -> SessionRecord:
+    return SessionRecord(
+        id=r[0],
+        status=r[1],
+        created_at=r[2],
+        ended_at=r[3],
+        sources=tuple(json.loads(r[4])),
+        sample_rate=r[5],
+        dialect=r[6],
+        engine=r[7],
+        model=r[8],
+        language=r[9],
+        items=r[10],
+        duration_ms=r[11],
+    )

@@ -2,8 +2,8 @@
 
 - Decodes on several threads make glibc give each thread its own malloc arena; the freed numpy buffers then stay
   scattered across arenas and RSS ratchets up over a long session (measured in bench/soak.py: +52 MB over 30 min
-  with default arenas). Two arenas, and returning free heap to the OS every ``memory_trim_s``, keep it flat (glibc
-  only; a no-op elsewhere).
+  with default arenas). Two arenas, a fixed mmap threshold (``MMAP_THRESHOLD``) and returning free heap to the OS
+  every ``memory_trim_s`` keep it flat (glibc only; a no-op elsewhere).
 - An ended session is freed by reference counting (tests/server/test_session_freed.py holds every path to that).
   What an exception cycle in a library still holds goes at the full collection ``collect_soon`` runs after each
   session ends; ``freeze`` moves everything loaded at startup (the models' Python side: ~74 000 objects) out of the
@@ -25,6 +25,11 @@ from echopanel.metrics import rss_bytes
 log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
+# glibc raises its mmap threshold each time a mapped block is freed (up to 32 MB), so the decode working set (encoder
+# activations, attention scores: 1-50 MB blocks) moves into the heap over the first hours and stays resident between
+# decodes. A fixed threshold keeps such blocks mapped, given back on free (and fixes the trim threshold at 128 KB).
+MMAP_THRESHOLD = 1 << 20
 COLLECT_AFTER_S = 2.0  # after a session ends: by then its connection's tasks have returned
 
 _libc: ctypes.CDLL | None = None
@@ -46,13 +51,14 @@ def _glibc() -> ctypes.CDLL | None:
     return _libc
 
 
-def limit_arenas(arenas: int = 2) -> bool:
-    """Call before threads start allocating."""
+def limit_arenas(arenas: int = 2, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Call before threads start allocating: at most ``arenas`` malloc arenas, and every block of
+    ``mmap_threshold`` bytes or more gets its own mapping, returned to the OS when it is freed."""
     lib = _glibc()
     if lib is None:
         return False
-    ok = bool(lib.mallopt(M_ARENA_MAX, arenas))
-    log.debug("malloc arenas limited to %d: %s", arenas, ok)
+    ok = bool(lib.mallopt(M_ARENA_MAX, arenas)) and bool(lib.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    log.debug("malloc arenas limited to %d, mmap threshold %d: %s", arenas, mmap_threshold, ok)
     return ok
 
 

@@ -14,7 +14,7 @@ import pytest
 from echopanel.storage.postgres import PostgresStore
 from echopanel.storage.recording import Recording, session_dir
 from echopanel.storage.retention import DAY_S, sweep
-from echopanel.storage.sql import SqlStore
+from echopanel.storage.sql import SqlStore, StaleOwner
 from echopanel.storage.sqlite import SqliteStore
 from echopanel.storage.store import Finalization, SessionRecord, ShedSpan, SourceRecord, SpeakerRecord, StoredItem
 from echopanel.testing.postgres import fresh_database
@@ -183,3 +183,27 @@ def test_retention_deletes_old_recordings_only(tmp_path: Path, opener: Opener) -
     # 0 days: every ended session's recording goes at the next sweep; running ones stay.
     assert sweep(store, tmp_path, 0, now=now) == ["sess_new"]
     assert session_dir(tmp_path, "sess_running").exists()
+
+
+def test_a_node_that_lost_its_session_cannot_write_to_it(opener: Opener) -> None:
+    node_a, node_b = opener("node-a"), opener("node-b")
+    node_a.create_session(record("sess_x"), [SourceRecord("mic", 0, 16000)])
+    node_a.add_item(item("sess_x", 1, "before the takeover"))
+    assert node_a.owner("sess_x") == ("node-a", 1)
+    assert node_b.take_over("sess_x") == 2  # node-a hung; node-b resumes the session
+    assert node_b.owner("sess_x") == ("node-b", 2)
+    with pytest.raises(StaleOwner):  # node-a wakes up: none of its writes land
+        node_a.add_item(item("sess_x", 2, "stale"))
+    with pytest.raises(StaleOwner):
+        node_a.set_speakers("sess_x", {"item_mic_00001": "mic:S9"})
+    with pytest.raises(StaleOwner):
+        node_a.finalize("sess_x", Finalization("interrupted", 3.0, {}))
+    node_b.add_item(item("sess_x", 2, "after the takeover"))
+    assert [i.text for i in node_b.items("sess_x")] == ["before the takeover", "after the takeover"]
+    assert node_b.items("sess_x")[0].speaker is None
+    node_b.finalize("sess_x", Finalization("completed", 4.0, {}))
+    assert node_b.get_session("sess_x").status == "completed"  # type: ignore[union-attr]
+    with pytest.raises(LookupError):  # an ended session cannot be taken over
+        node_a.take_over("sess_x")
+    with pytest.raises(LookupError):
+        node_a.take_over("sess_nope")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -177,8 +178,11 @@ async def serve(settings: Settings) -> None:
 
 
 def node_id(settings: Settings) -> str:
-    """``--node-id``, else hostname:port."""
-    return settings.node_id or f"{socket.gethostname()}:{settings.port}"
+    """``--node-id``, else hostname:port (hostname:pidN for ``--port 0``: any free port, so not a name)."""
+    if settings.node_id:
+        return settings.node_id
+    where = settings.port if settings.port else f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{where}"
 
 
 def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerService | None]:

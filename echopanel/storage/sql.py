@@ -114,6 +114,10 @@ CREATE TABLE IF NOT EXISTS shed_spans (
     end_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS shed_session ON shed_spans (session_id);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    heartbeat_at DOUBLE PRECISION NOT NULL
+);
 """
 
 _SESSION_COLUMNS = (
@@ -163,6 +167,36 @@ class SqlStore:
             epoch = int(self._exec(c, "SELECT epoch FROM sessions WHERE id = ?", (session_id,)).fetchone()[0])
         self._epochs[session_id] = epoch
         return epoch
+
+    def heartbeat(self, now: float | None = None) -> None:
+        """This node is alive and not hung (written every ``HEARTBEAT_S`` by a server on a shared store)."""
+        with self._tx() as c:
+            self._exec(
+                c,
+                "INSERT INTO nodes (id, heartbeat_at) VALUES (?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (self.node_id, time.time() if now is None else now),
+            )
+
+    def node_alive(self, node_id: str) -> bool:
+        """Whether ``node_id``'s process is still running. The single-node store has no other nodes: any other
+        owner is a previous run of this server, dead."""
+        return node_id == self.node_id
+
+    def takeable(self, session_id: str, stale_after_s: float, now: float | None = None) -> bool:
+        """An ``active`` session another node owns may be taken over: its node died (at once), or it is hung (no
+        heartbeat for ``stale_after_s``)."""
+        rows = self._rows(
+            "SELECT s.owner, n.heartbeat_at FROM sessions s LEFT JOIN nodes n ON n.id = s.owner"
+            " WHERE s.id = ? AND s.status = 'active'",
+            (session_id,),
+        )
+        if not rows:
+            return False
+        owner, beat = str(rows[0][0]), rows[0][1]
+        if owner == self.node_id or not self.node_alive(owner):
+            return True
+        return beat is not None and (time.time() if now is None else now) - float(beat) > stale_after_s
 
     def owner(self, session_id: str) -> tuple[str, int] | None:
         """(owner node, epoch) of a session, or None."""

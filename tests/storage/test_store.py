@@ -4,6 +4,9 @@ finalization, restart (interrupted, only the restarting node's sessions), deleti
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -112,7 +115,7 @@ def test_restart_marks_active_sessions_interrupted(opener: Opener) -> None:
     first.add_item(item("sess_live", 1))
     other = opener("node-b")
     other.create_session(record("sess_elsewhere"), [])
-    # no close: as if node-a died; node-a starts again
+    first.close()  # node-a dies (its connections go with its process); node-a starts again
     assert opener("node-c").mark_interrupted() == []  # another node restarting never ends node-a's sessions
     second = opener("node-a")
     assert second.mark_interrupted() == ["sess_live"]
@@ -207,3 +210,45 @@ def test_a_node_that_lost_its_session_cannot_write_to_it(opener: Opener) -> None
         node_a.take_over("sess_x")
     with pytest.raises(LookupError):
         node_a.take_over("sess_nope")
+
+
+def test_a_dead_or_hung_node_s_sessions_are_takeable(opener: Opener) -> None:
+    node_a, node_b = opener("node-a"), opener("node-b")
+    node_a.create_session(record("sess_x"), [])
+    node_a.heartbeat(now=1000.0)
+    if isinstance(node_a, PostgresStore):
+        assert node_b.node_alive("node-a")
+        assert not node_b.takeable("sess_x", stale_after_s=10, now=1005.0)  # alive, beating: not takeable
+        assert node_b.takeable("sess_x", stale_after_s=10, now=1011.0)  # hung: no heartbeat for 11 s
+        with pytest.raises(RuntimeError):
+            opener("node-a")  # one process per node id
+        node_a.close()  # its process ends: its advisory lock goes with the connection
+        assert not node_b.node_alive("node-a")
+    else:
+        assert not node_b.node_alive("node-a")  # one SQLite file, one server: another owner is a dead run
+    assert node_b.takeable("sess_x", stale_after_s=10, now=1005.0)
+    assert node_b.take_over("sess_x") == 2
+    assert not node_b.takeable("sess_nope", stale_after_s=10)
+
+
+def test_a_node_killed_with_sigkill_is_dead_at_once(pg_url: str) -> None:
+    url = fresh_database(pg_url)
+    watcher = PostgresStore(url, "node-w")
+    code = (
+        "import sys, time; from echopanel.storage.postgres import PostgresStore; "
+        f"s = PostgresStore({url!r}, 'node-k'); print('up', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        assert watcher.node_alive("node-k")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while watcher.node_alive("node-k") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not watcher.node_alive("node-k")
+        print(f"a killed node is seen dead after {10 - (deadline - time.monotonic()):.2f} s")
+    finally:
+        proc.kill()
+        watcher.close()

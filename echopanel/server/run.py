@@ -136,6 +136,8 @@ async def running(settings: Settings) -> AsyncIterator[Stack]:
     ]
     if stack.controller is not None:
         tasks.append(asyncio.create_task(stack.controller.run()))
+    if stack.store.store.kind == "postgresql":  # other nodes read it to tell a hung node (docs/deployment.md)
+        tasks.append(asyncio.create_task(_heartbeat(stack.store)))
     try:
         yield stack
     finally:
@@ -210,6 +212,18 @@ async def _retention(store: AsyncStore, settings: Settings) -> None:
         except Exception:
             log.exception("retention sweep failed")
         await asyncio.sleep(settings.retention_sweep_s)
+
+
+HEARTBEAT_S = 2.0
+
+
+async def _heartbeat(store: AsyncStore) -> None:
+    while True:
+        try:
+            await store.write(store.store.heartbeat)
+        except Exception:
+            log.warning("store heartbeat failed", exc_info=True)
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 async def _trim_memory(every_s: float) -> None:

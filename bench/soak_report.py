@@ -199,9 +199,15 @@ def _rows(
     return rows
 
 
-def rss_slope(samples: list[Sample], from_min: float) -> dict[str, Any]:
-    """The trend of every streaming sample's RSS (transient decode memory included) at or after ``from_min``."""
-    return trend([(s.transcribed_min, s.rss_mb) for s in samples if s.phase == "streaming"], from_min)
+def rss_slope(samples: list[Sample], from_min: float, until_min: float | None = None) -> dict[str, Any]:
+    """The trend of every streaming sample's RSS (transient decode memory included) at or after ``from_min`` and,
+    with ``until_min``, before that much audio was transcribed (the finishing phase is reported apart)."""
+    points = [
+        (s.transcribed_min, s.rss_mb)
+        for s in samples
+        if s.phase == "streaming" and (until_min is None or s.transcribed_min < until_min)
+    ]
+    return trend(points, from_min)
 
 
 def retained_series(
@@ -292,7 +298,7 @@ def analyse(
     span = min(WINDOW_MIN, minutes / 2)
     head = window(finals, placed, sources, 0, span)
     tail = window(finals, placed, sources, minutes - span, minutes)
-    slope = rss_slope(samples, slope_from_min)
+    slope = rss_slope(samples, slope_from_min, until_min=minutes - 0.5)
     retained = retained_series(samples, retained_window_s, until_min=minutes - 0.5)
     finishing = [s for s in samples if s.phase == "streaming" and s.transcribed_min >= minutes - 0.5]
     summary: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -135,6 +136,8 @@ async def running(settings: Settings) -> AsyncIterator[Stack]:
     ]
     if stack.controller is not None:
         tasks.append(asyncio.create_task(stack.controller.run()))
+    if stack.store.store.kind == "postgresql":  # other nodes read it to tell a hung node (docs/deployment.md)
+        tasks.append(asyncio.create_task(_heartbeat(stack.store)))
     try:
         yield stack
     finally:
@@ -177,8 +180,11 @@ async def serve(settings: Settings) -> None:
 
 
 def node_id(settings: Settings) -> str:
-    """``--node-id``, else hostname:port."""
-    return settings.node_id or f"{socket.gethostname()}:{settings.port}"
+    """``--node-id``, else hostname:port (hostname:pidN for ``--port 0``: any free port, so not a name)."""
+    if settings.node_id:
+        return settings.node_id
+    where = settings.port if settings.port else f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{where}"
 
 
 def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerService | None]:
@@ -206,6 +212,18 @@ async def _retention(store: AsyncStore, settings: Settings) -> None:
         except Exception:
             log.exception("retention sweep failed")
         await asyncio.sleep(settings.retention_sweep_s)
+
+
+HEARTBEAT_S = 2.0
+
+
+async def _heartbeat(store: AsyncStore) -> None:
+    while True:
+        try:
+            await store.write(store.store.heartbeat)
+        except Exception:
+            log.warning("store heartbeat failed", exc_info=True)
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 async def _trim_memory(every_s: float) -> None:

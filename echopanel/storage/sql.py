@@ -5,8 +5,11 @@ success, roll back on error) and ``_read`` (a cursor for reads), and its placeho
 with ``?`` and use only what both databases have (``ON CONFLICT ... DO UPDATE``, ``CREATE ... IF NOT EXISTS``).
 Columns that hold unix seconds are ``DOUBLE PRECISION`` (in SQLite a REAL); flags are integers.
 
-Ownership (docs/deployment.md): each session records the node that runs it (``owner``). A node that starts marks
-its own sessions left ``active`` as ``interrupted`` and no other node's.
+Ownership (docs/deployment.md): each session records the node that runs it (``owner``) and an ``epoch`` that grows
+by one at every takeover (``take_over``). Every write to a session this store created or took over checks, in its
+own transaction, that the row still names this node and that epoch: a node that lost a session (hung, partitioned,
+taken over meanwhile) gets ``StaleOwner`` and writes nothing. A node that starts marks its own sessions left
+``active`` as ``interrupted`` and no other node's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from echopanel.storage.store import (
 )
 
 
+class StaleOwner(RuntimeError):
+    """This node no longer owns the session (another node took it over): the write was not made."""
+
+
 class Cursor(Protocol):
     """What ``SqlStore`` needs of a DB-API cursor (sqlite3 and psycopg both have it)."""
 
@@ -42,7 +49,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-SCHEMA_VERSION = 2  # 2: sessions.owner
+SCHEMA_VERSION = 3  # 2: sessions.owner, 3: sessions.epoch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -56,7 +63,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     engine TEXT NOT NULL,
     model TEXT NOT NULL,
     language TEXT NOT NULL,
-    owner TEXT NOT NULL DEFAULT ''
+    owner TEXT NOT NULL DEFAULT '',
+    epoch INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at);
 CREATE TABLE IF NOT EXISTS sources (
@@ -106,6 +114,10 @@ CREATE TABLE IF NOT EXISTS shed_spans (
     end_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS shed_session ON shed_spans (session_id);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    heartbeat_at DOUBLE PRECISION NOT NULL
+);
 """
 
 _SESSION_COLUMNS = (
@@ -123,6 +135,73 @@ class SqlStore:
 
     def __init__(self, node_id: str = "") -> None:
         self.node_id = node_id  # recorded as each new session's owner
+        self._epochs: dict[str, int] = {}  # sessions this store created or took over -> the epoch it holds
+
+    # -- ownership -------------------------------------------------------------------------------------------------
+
+    def _fence(self, c: Cursor, session_id: str) -> None:
+        """Within a write's transaction: the session is still this node's, at the epoch it holds (row locked until
+        the transaction ends), else ``StaleOwner``. Sessions this store never owned are not fenced."""
+        epoch = self._epochs.get(session_id)
+        if epoch is None:
+            return
+        self._exec(
+            c,
+            "UPDATE sessions SET owner = owner WHERE id = ? AND owner = ? AND epoch = ?",
+            (session_id, self.node_id, epoch),
+        )
+        if c.rowcount != 1:  # (the epoch stays: every later write of this node to the session fails too)
+            raise StaleOwner(f"session {session_id} is no longer owned by {self.node_id!r} at epoch {epoch}")
+
+    def take_over(self, session_id: str) -> int:
+        """Make this node the owner of an ``active`` session (its node died or hung); returns the new epoch. The
+        previous owner's writes fail from now on. ``LookupError`` if there is no such active session."""
+        with self._tx() as c:
+            self._exec(
+                c,
+                "UPDATE sessions SET owner = ?, epoch = epoch + 1 WHERE id = ? AND status = 'active'",
+                (self.node_id, session_id),
+            )
+            if c.rowcount != 1:
+                raise LookupError(f"no active session {session_id}")
+            epoch = int(self._exec(c, "SELECT epoch FROM sessions WHERE id = ?", (session_id,)).fetchone()[0])
+        self._epochs[session_id] = epoch
+        return epoch
+
+    def heartbeat(self, now: float | None = None) -> None:
+        """This node is alive and not hung (written every ``HEARTBEAT_S`` by a server on a shared store)."""
+        with self._tx() as c:
+            self._exec(
+                c,
+                "INSERT INTO nodes (id, heartbeat_at) VALUES (?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (self.node_id, time.time() if now is None else now),
+            )
+
+    def node_alive(self, node_id: str) -> bool:
+        """Whether ``node_id``'s process is still running. The single-node store has no other nodes: any other
+        owner is a previous run of this server, dead."""
+        return node_id == self.node_id
+
+    def takeable(self, session_id: str, stale_after_s: float, now: float | None = None) -> bool:
+        """An ``active`` session another node owns may be taken over: its node died (at once), or it is hung (no
+        heartbeat for ``stale_after_s``)."""
+        rows = self._rows(
+            "SELECT s.owner, n.heartbeat_at FROM sessions s LEFT JOIN nodes n ON n.id = s.owner"
+            " WHERE s.id = ? AND s.status = 'active'",
+            (session_id,),
+        )
+        if not rows:
+            return False
+        owner, beat = str(rows[0][0]), rows[0][1]
+        if owner == self.node_id or not self.node_alive(owner):
+            return True
+        return beat is not None and (time.time() if now is None else now) - float(beat) > stale_after_s
+
+    def owner(self, session_id: str) -> tuple[str, int] | None:
+        """(owner node, epoch) of a session, or None."""
+        rows = self._rows("SELECT owner, epoch FROM sessions WHERE id = ?", (session_id,))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Cursor]:
@@ -172,6 +251,7 @@ class SqlStore:
                     self.node_id,
                 ),
             )
+            self._epochs[record.id] = 1
             self._many(
                 c,
                 "INSERT INTO sources (session_id, name, priority, sample_rate, received_ms, dropped_ms, recording)"
@@ -184,6 +264,7 @@ class SqlStore:
 
     def add_item(self, item: StoredItem) -> None:
         with self._tx() as c:
+            self._fence(c, item.session_id)
             self._exec(
                 c,
                 "INSERT INTO items (session_id, item_id, source, text, start_ms, end_ms, speaker, words, engine,"
@@ -214,6 +295,7 @@ class SqlStore:
         if not labels:
             return
         with self._tx() as c:
+            self._fence(c, session_id)
             self._many(
                 c,
                 "UPDATE items SET speaker = ? WHERE session_id = ? AND item_id = ?",
@@ -222,6 +304,7 @@ class SqlStore:
 
     def finalize(self, session_id: str, fin: Finalization) -> None:
         with self._tx() as c:
+            self._fence(c, session_id)
             self._many(
                 c,
                 "UPDATE items SET speaker = ? WHERE session_id = ? AND item_id = ?",
@@ -267,6 +350,7 @@ class SqlStore:
             self._exec(
                 c, "UPDATE sessions SET status = ?, ended_at = ? WHERE id = ?", (fin.status, fin.ended_at, session_id)
             )
+        self._epochs.pop(session_id, None)  # ended: nothing more to fence (and the map stays bounded)
 
     def mark_interrupted(self, every_node: bool = False) -> list[str]:
         """This node's sessions left ``active`` (it died meanwhile) become ``interrupted`` (every node's with

@@ -33,8 +33,10 @@ class SqliteStore(SqlStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 1:  # before sessions.owner
-                conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            if version in (1, 2):  # before sessions.owner (1) and sessions.epoch (2)
+                if version == 1:
+                    conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+                conn.execute("ALTER TABLE sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)

@@ -174,6 +174,15 @@ class SessionStore(Protocol):
         """The session's recordings were deleted (retention): clear their paths."""
         ...
 
+    def heartbeat(self, now: float | None = None) -> None:
+        """This node is alive and not hung (a fleet's nodes read it)."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -4,6 +4,9 @@ finalization, restart (interrupted, only the restarting node's sessions), deleti
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +17,7 @@ import pytest
 from echopanel.storage.postgres import PostgresStore
 from echopanel.storage.recording import Recording, session_dir
 from echopanel.storage.retention import DAY_S, sweep
-from echopanel.storage.sql import SqlStore
+from echopanel.storage.sql import SqlStore, StaleOwner
 from echopanel.storage.sqlite import SqliteStore
 from echopanel.storage.store import Finalization, SessionRecord, ShedSpan, SourceRecord, SpeakerRecord, StoredItem
 from echopanel.testing.postgres import fresh_database
@@ -112,7 +115,7 @@ def test_restart_marks_active_sessions_interrupted(opener: Opener) -> None:
     first.add_item(item("sess_live", 1))
     other = opener("node-b")
     other.create_session(record("sess_elsewhere"), [])
-    # no close: as if node-a died; node-a starts again
+    first.close()  # node-a dies (its connections go with its process); node-a starts again
     assert opener("node-c").mark_interrupted() == []  # another node restarting never ends node-a's sessions
     second = opener("node-a")
     assert second.mark_interrupted() == ["sess_live"]
@@ -183,3 +186,69 @@ def test_retention_deletes_old_recordings_only(tmp_path: Path, opener: Opener) -
     # 0 days: every ended session's recording goes at the next sweep; running ones stay.
     assert sweep(store, tmp_path, 0, now=now) == ["sess_new"]
     assert session_dir(tmp_path, "sess_running").exists()
+
+
+def test_a_node_that_lost_its_session_cannot_write_to_it(opener: Opener) -> None:
+    node_a, node_b = opener("node-a"), opener("node-b")
+    node_a.create_session(record("sess_x"), [SourceRecord("mic", 0, 16000)])
+    node_a.add_item(item("sess_x", 1, "before the takeover"))
+    assert node_a.owner("sess_x") == ("node-a", 1)
+    assert node_b.take_over("sess_x") == 2  # node-a hung; node-b resumes the session
+    assert node_b.owner("sess_x") == ("node-b", 2)
+    with pytest.raises(StaleOwner):  # node-a wakes up: none of its writes land
+        node_a.add_item(item("sess_x", 2, "stale"))
+    with pytest.raises(StaleOwner):
+        node_a.set_speakers("sess_x", {"item_mic_00001": "mic:S9"})
+    with pytest.raises(StaleOwner):
+        node_a.finalize("sess_x", Finalization("interrupted", 3.0, {}))
+    node_b.add_item(item("sess_x", 2, "after the takeover"))
+    assert [i.text for i in node_b.items("sess_x")] == ["before the takeover", "after the takeover"]
+    assert node_b.items("sess_x")[0].speaker is None
+    node_b.finalize("sess_x", Finalization("completed", 4.0, {}))
+    assert node_b.get_session("sess_x").status == "completed"  # type: ignore[union-attr]
+    with pytest.raises(LookupError):  # an ended session cannot be taken over
+        node_a.take_over("sess_x")
+    with pytest.raises(LookupError):
+        node_a.take_over("sess_nope")
+
+
+def test_a_dead_or_hung_node_s_sessions_are_takeable(opener: Opener) -> None:
+    node_a, node_b = opener("node-a"), opener("node-b")
+    node_a.create_session(record("sess_x"), [])
+    node_a.heartbeat(now=1000.0)
+    if isinstance(node_a, PostgresStore):
+        assert node_b.node_alive("node-a")
+        assert not node_b.takeable("sess_x", stale_after_s=10, now=1005.0)  # alive, beating: not takeable
+        assert node_b.takeable("sess_x", stale_after_s=10, now=1011.0)  # hung: no heartbeat for 11 s
+        with pytest.raises(RuntimeError):
+            opener("node-a")  # one process per node id
+        node_a.close()  # its process ends: its advisory lock goes with the connection
+        assert not node_b.node_alive("node-a")
+    else:
+        assert not node_b.node_alive("node-a")  # one SQLite file, one server: another owner is a dead run
+    assert node_b.takeable("sess_x", stale_after_s=10, now=1005.0)
+    assert node_b.take_over("sess_x") == 2
+    assert not node_b.takeable("sess_nope", stale_after_s=10)
+
+
+def test_a_node_killed_with_sigkill_is_dead_at_once(pg_url: str) -> None:
+    url = fresh_database(pg_url)
+    watcher = PostgresStore(url, "node-w")
+    code = (
+        "import sys, time; from echopanel.storage.postgres import PostgresStore; "
+        f"s = PostgresStore({url!r}, 'node-k'); print('up', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        assert watcher.node_alive("node-k")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while watcher.node_alive("node-k") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not watcher.node_alive("node-k")
+        print(f"a killed node is seen dead after {10 - (deadline - time.monotonic()):.2f} s")
+    finally:
+        proc.kill()
+        watcher.close()

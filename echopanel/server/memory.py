@@ -79,17 +79,18 @@ def freeze() -> None:
 
 
 _collect: asyncio.TimerHandle | None = None
+_collect_loop: asyncio.AbstractEventLoop | None = None  # (a timer of a loop that has ended never fires)
 _trims: set[asyncio.Task[None]] = set()
 
 
 def collect_soon(delay_s: float = COLLECT_AFTER_S) -> None:
     """A session ended: in ``delay_s``, a full collection, then free heap back to the OS (off the event loop).
     Sessions that end together share one."""
-    global _collect
-    if _collect is not None:
-        return
+    global _collect, _collect_loop
     loop = asyncio.get_running_loop()
-    _collect = loop.call_later(delay_s, _collect_now)
+    if _collect is not None and _collect_loop is loop and not _collect.cancelled():
+        return
+    _collect, _collect_loop = loop.call_later(delay_s, _collect_now), loop
 
 
 def _collect_now() -> None:

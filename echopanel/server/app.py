@@ -45,9 +45,10 @@ def server_features(engine: SpeechEngine, store: AsyncStore | None, speakers: Sp
 
 
 def engines_down(status: EngineStatus) -> bool:
-    """Every engine's circuit breaker is open (a half-open one lets a trial through: not down)."""
+    """No engine's circuit breaker is closed (open, or half-open letting only trial decodes through): the chain's
+    own "down" (``ChainEngine.mode``)."""
     states = list((status.breakers or {}).values()) or [status.breaker]
-    return all(state == "open" for state in states)
+    return all(state != "closed" for state in states)
 
 
 def create_app(
@@ -73,7 +74,7 @@ def create_app(
         caps = engine.capabilities
         status = "ready"
         if engines_down(engine.status()):
-            status = "engines_down"  # every engine's circuit breaker is open: new sessions would get only errors
+            status = "engines_down"  # no engine takes work: new sessions would get only errors
         elif admission.capacity_left <= 0:
             status = "full"
         body = {

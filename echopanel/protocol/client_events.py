@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from echopanel.protocol.commands import MAX_KEYTERM_CHARS, MAX_KEYTERMS
 from echopanel.protocol.errors import ErrorCode, ProtocolError, load_event
 
 SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
@@ -23,17 +22,6 @@ class TurnDetection(BaseModel):
     type: Literal["server_vad"] = "server_vad"
 
 
-def check_keyterms(terms: list[str]) -> list[str]:
-    """At most ``MAX_KEYTERMS`` non-empty terms of at most ``MAX_KEYTERM_CHARS`` characters (else a typed error)."""
-    terms = [t.strip() for t in terms]
-    if len(terms) > MAX_KEYTERMS:
-        raise ValueError(f"at most {MAX_KEYTERMS} keyterms; got {len(terms)}")
-    for term in terms:
-        if not term or len(term) > MAX_KEYTERM_CHARS:
-            raise ValueError(f"each keyterm has 1 to {MAX_KEYTERM_CHARS} characters; got {term!r}")
-    return terms
-
-
 class SessionConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     sources: list[str] = Field(default_factory=lambda: ["mic", "system"], min_length=1)
@@ -42,12 +30,6 @@ class SessionConfig(BaseModel):
     language: str = "en"
     turn_detection: TurnDetection | None = Field(default_factory=TurnDetection)
     overflow: Literal["shed", "block"] | None = None  # None: the server's default (shed)
-    keyterms: list[str] = Field(default_factory=list)  # names and jargon to expect (a glossary for the decoder)
-
-    @field_validator("keyterms")
-    @classmethod
-    def _keyterms(cls, value: list[str]) -> list[str]:
-        return check_keyterms(value)
 
     @field_validator("sources")
     @classmethod
@@ -65,12 +47,6 @@ class SessionUpdateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     language: str | None = None
-    keyterms: list[str] | None = None  # replaces the session's keyterms ([]: none), from the next decode on
-
-    @field_validator("keyterms")
-    @classmethod
-    def _keyterms(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else check_keyterms(value)
 
 
 class Resume(BaseModel):

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from echopanel.engines.base import TurnSettings
 
-# Keyterms (native ``keyterms``, OpenAI ``keywords``, Deepgram ``keyterm``): how many, how long, and the one way
-# they reach the decoder.
+# Keyterms (OpenAI ``keywords``, Deepgram ``keyterm``): how many, how long, and the one way they reach the decoder.
 MAX_KEYTERMS = 50
 MAX_KEYTERM_CHARS = 50
 
@@ -31,7 +30,6 @@ class CreateSession:
     turn_detection: bool
     overflow: str | None  # None: the server's default
     event_id: str | None = None
-    prompt: str = ""  # guides the decoder from the first utterance on (native ``keyterms`` as a glossary)
 
 
 @dataclass(slots=True, frozen=True)

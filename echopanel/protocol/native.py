@@ -127,7 +127,7 @@ class NativeCodec:
             )
         return cmd.CreateSession(
             tuple(cfg.sources), cfg.sample_rate, cfg.language, cfg.turn_detection is not None, cfg.overflow,
-            event.event_id, prompt=cmd.glossary(tuple(cfg.keyterms)),
+            event.event_id,
         )  # fmt: skip
 
     def _update(self, event: ce.SessionUpdate) -> cmd.UpdateSession:
@@ -139,8 +139,7 @@ class NativeCodec:
             raise ProtocolError(ErrorCode.INVALID_UPDATE, f"{param}: {err['msg']}", param=param) from None
         if update.language is not None:
             self._check_language(update.language)
-        prompt = None if update.keyterms is None else cmd.glossary(tuple(update.keyterms))
-        return cmd.UpdateSession(language=update.language, prompt=prompt, event_id=event.event_id)
+        return cmd.UpdateSession(language=update.language, event_id=event.event_id)
 
     def _check_language(self, language: str) -> None:
         if language not in self.limits.languages:

@@ -80,9 +80,6 @@ class LiveConnection(DialectConnection):
             language=command.language,
             overflow=command.overflow,
         )
-        if command.prompt:
-            for source in session.source_names:
-                session.set_prompt(source, command.prompt)
         self.native.bind(session.source_names)
         info = session.info()
         self.resumable = self.registry.register(session, info, self)

@@ -36,7 +36,6 @@ from echopanel.events import (
     Word,
 )
 from echopanel.protocol import commands as cmd
-from echopanel.protocol.commands import MAX_KEYTERM_CHARS, MAX_KEYTERMS
 from echopanel.protocol.errors import ErrorCode, ProtocolError
 from echopanel.protocol.frames import encode_frame
 from echopanel.protocol.native import NativeCodec, NativeLimits
@@ -90,34 +89,6 @@ def test_session_create_and_resume() -> None:
 def test_session_create_refusals_name_the_param(session: dict[str, Any], code: ErrorCode, param: str) -> None:
     err = refused(codec(bound=False), {"type": "session.create", "event_id": "e", "session": session})
     assert (err.code, err.param, err.event_id) == (code, param, "e")
-
-
-def test_keyterms_become_a_glossary_at_create_and_update() -> None:
-    c = codec(bound=False)
-    create = parse(
-        c, {"type": "session.create", "session": {"sources": ["mic"], "keyterms": ["Dashwood", " Norland "]}}
-    )
-    assert isinstance(create, cmd.CreateSession) and create.prompt == "Glossary: Dashwood, Norland."
-    assert parse(codec(bound=False), {"type": "session.create", "session": {"keyterms": []}}).prompt == ""  # type: ignore[union-attr]
-    bound = codec()
-    update = parse(bound, {"type": "session.update", "session": {"keyterms": ["EchoPanel"]}})
-    assert update == cmd.UpdateSession(prompt="Glossary: EchoPanel.")
-    assert parse(bound, {"type": "session.update", "session": {"keyterms": []}}) == cmd.UpdateSession(prompt="")
-
-
-@pytest.mark.parametrize(
-    "keyterms",
-    [["x"] * (MAX_KEYTERMS + 1), ["x" * (MAX_KEYTERM_CHARS + 1)], [""], "Dashwood", [3]],
-)
-def test_keyterms_past_their_bounds_are_refused(keyterms: Any) -> None:
-    err = refused(codec(bound=False), {"type": "session.create", "event_id": "e", "session": {"keyterms": keyterms}})
-    assert (err.code, err.event_id) == (ErrorCode.INVALID_EVENT, "e")
-    assert err.param is not None and err.param.startswith("session.keyterms")  # (".0": the element, if named)
-    err = refused(codec(), {"type": "session.update", "event_id": "u", "session": {"keyterms": keyterms}})
-    assert err.code == ErrorCode.INVALID_UPDATE
-    assert err.param is not None and err.param.startswith("session.keyterms")
-    ok = ["x"] * MAX_KEYTERMS  # N is taken
-    assert parse(codec(bound=False), {"type": "session.create", "session": {"keyterms": ok}}).prompt  # type: ignore[union-attr]
 
 
 def test_two_sources_at_the_bound_are_taken() -> None:

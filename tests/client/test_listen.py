@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from echopanel.testing.proxy import ThreadedChaosProxy
 
-from support import ServerProcess, speech_wav, wer
+from support import ServerProcess, librivox_refs, normalize, speech_wav, wer
 
 # Five LibriVox sentences (24.7 s of speech): on three alone, streamed WER varied 0.07-0.16 between runs (tiny.en hears
 # the isolated "ill disposed" as "old-sposed"), too noisy for a bound that should catch lost or repeated audio.
@@ -164,7 +165,16 @@ def test_listen_transcribes_system_audio(pulse: dict[str, str], server: ServerPr
     mic_text = " ".join(text for _, _, source, text in finals if source == "mic")
     error = wer(reference, system_text)
     print(f"listen: {len(finals)} finals, system WER {error:.3f}")
-    assert error <= 0.15, output
+    # Audio captured through PulseAudio in real time is segmented a little differently each run: tiny.en's WER on
+    # these 71 words was 0.06-0.155 across runs ("Unless" heard as "I'd less"). The bound leaves room for that;
+    # what the cut and resume must not do, lose or repeat a sentence, is checked sentence by sentence.
+    assert error <= 0.20, output
+    heard = Counter(normalize(system_text).split())
+    for stem in STEMS:
+        words = normalize(librivox_refs()[stem]).split()
+        found = sum(min(n, heard[w]) for w, n in Counter(words).items())
+        assert found >= 0.6 * len(words), (stem, output)  # every sentence is there
+    assert len(finals) <= len(STEMS) + 2, output  # none decoded twice after the resume
     assert mic_text == "", output  # the mic sink is silent
     assert "session sess_" in output
     assert "reconnecting in" in output and "resumed session sess_" in output  # the drop, then the resume

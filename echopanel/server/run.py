@@ -81,6 +81,16 @@ def uvicorn_config(app: object, settings: Settings, sock: socket.socket | None =
     )
 
 
+async def until_started(server: uvicorn.Server, task: asyncio.Task[None]) -> int:
+    """Wait until ``server`` (served by ``task``) listens; its port. ``RuntimeError`` if it stopped instead."""
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("server failed to start")
+        await asyncio.sleep(0.01)
+    return int(server.servers[0].sockets[0].getsockname()[1])
+
+
 @dataclass
 class Stack:
     """Everything one server runs: the app and the parts it was built from (``assemble``)."""
@@ -154,12 +164,10 @@ async def serve(settings: Settings) -> None:
         memory.freeze()
         server = uvicorn.Server(uvicorn_config(stack.app, settings))
         task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                await task
-                raise SystemExit("server failed to start")
-            await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            port = await until_started(server, task)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         engine = stack.engine
         features = server_features(engine, stack.store, stack.speakers)  # what /ready and session.created say too
         log.info(

@@ -188,7 +188,7 @@ class SessionStore(Protocol):
 
 def store_kind_of(store: AsyncStore | None) -> str | None:
     """ "sqlite" or "postgresql" (what ``/ready`` and ``session.created`` say), or None without a store."""
-    return None if store is None else str(getattr(store.store, "kind", "sqlite"))
+    return None if store is None else store.store.kind
 
 
 class AsyncStore:

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from echopanel.config import Settings
-from echopanel.server.run import Stack, running, uvicorn_config
+from echopanel.server.run import Stack, running, until_started, uvicorn_config
 
 
 @contextlib.asynccontextmanager
@@ -28,12 +28,7 @@ async def serve_app(app: Starlette, settings: Settings) -> AsyncIterator[str]:
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if task.done():
-                await task
-                raise RuntimeError("server failed to start")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port = await until_started(server, task)
         yield f"ws://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     decode_timeout_s: PositiveFloat = 10.0  # a decode running longer is abandoned and its worker replaced
     resume_grace_s: NonNegativeFloat = 30.0  # a dropped connection's session waits this long for its client
     resume_replay_s: NonNegativeFloat = 30.0  # on resume, finals written this long before the drop are sent again
+    # A shared store: a node whose heartbeat is this old is hung, and its sessions may be taken over on resume.
+    takeover_after_s: PositiveFloat = 10.0
+    # SIGTERM drains: sessions are handed off at their next pause between utterances (1012), the node exits after
+    # at most this long (the last 5 s are for flushing: a session with no pause by then is handed off mid-speech).
+    drain_timeout_s: PositiveFloat = 20.0
     fault_injection: bool = False  # tests and demos only: POST /faults makes engines fail, hang or die
     memory_debug: bool = False  # diagnostics only: tracemalloc on, GET /debug/memory (docs/behaviour.md)
     # Speakers and the session store (docs/behaviour.md): labels, finals written as they land, retention.

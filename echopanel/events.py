@@ -261,6 +261,8 @@ class SessionCreated:
     event_id: str | None = None
     resumed: bool = False
     received_ms: dict[str, int] | None = None  # resumed: audio the server holds, per source
+    # resumed on another node: partial text of items without a final is void (they are transcribed again)
+    partials_reset: bool = False
 
 
 @dataclass(slots=True, frozen=True)

@@ -10,7 +10,7 @@ python="${PYTHON:-python3}"
 # (`echopanel listen` itself needs only libportaudio2). Installed when missing, if we may (root and apt-get).
 if [ "${1:-runtime}" = test ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=""
-  for pkg in chromium pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins espeak-ng postgresql; do
+  for pkg in chromium pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins espeak-ng postgresql haproxy; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
   done
   if [ -n "$missing" ]; then

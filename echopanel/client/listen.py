@@ -188,6 +188,10 @@ class Listener:
         elif kind == "client.resumed":
             resend = int(ev.get("resend_ms") or 0) / 1000
             view.print(f"resumed session {ev.get('session_id')}: resending {resend:.1f} s of audio")
+            if ev.get("partials_reset"):  # resumed on another node: items without a final are transcribed again
+                self.items.clear()
+                view.partials.clear()
+                view.refresh()
         elif kind == "response.text.delta":
             key = f"{sid}/{ev['item_id']}"
             item = self.items.setdefault(key, {"stable": "", "tentative": ""})

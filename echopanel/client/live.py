@@ -202,6 +202,8 @@ class TranscriptView:
             for open_item in self.items.values():
                 if open_item.final is None:
                     open_item.resynced = True
+                    if ev.get("partials_reset"):  # resumed on another node: open items are transcribed afresh
+                        open_item.stable = open_item.tentative = ""
             return None
         if kind not in ("response.text.delta", "response.done", "input_audio_buffer.speech_started"):
             return None

@@ -44,7 +44,7 @@ log = logging.getLogger("echopanel.client.resilient")  # one logger for the whol
 # Worth a reconnect: the closes after which the server keeps the session for a resume (docs/protocol.md, "Resume"),
 # and 1013 (full). Others (1000, 1008, 1009, 4000, ...) end the client.
 RETRY_CLOSE_CODES = {1001, 1005, 1006, 1011, 1012, 1013, 1014}
-RETRY_ERROR_CODES = {"server_full"}  # an error answering session.create that a later attempt may not get
+RETRY_ERROR_CODES = {"server_full", "session_busy"}  # answers to session.create a later attempt may not get
 CLOSE_UNAUTHORIZED = (1008, "unauthorized")
 CLOSE_RESUMED_ELSEWHERE = 4000
 
@@ -185,6 +185,7 @@ class SupervisedClient(LiveClient):
                 "session_id": self.session.get("id"),
                 "received_ms": received,
                 "resend_ms": resend,
+                "partials_reset": bool(created.get("partials_reset")),  # on another node: open items come again
             }
             message = "resumed"
         else:

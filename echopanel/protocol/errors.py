@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     SESSION_CLOSING = "session_closing"
     TOO_MANY_PENDING = "too_many_pending_events"  # a source's queue already holds its bound of control events
     SERVER_FULL = "server_full"
+    DRAINING = "server_draining"  # the node is shutting down (SIGTERM): connect again, to another node
+    SESSION_BUSY = "session_busy"  # resume: the session still runs on another node with its client; retry (1013)
     IDLE_TIMEOUT = "idle_timeout"
     INTERNAL_ERROR = "internal_error"
 
@@ -39,6 +41,7 @@ class CloseCode(IntEnum):
     POLICY = 1008  # unauthorized
     TOO_LARGE = 1009
     SERVER_ERROR = 1011
+    SERVICE_RESTART = 1012  # the node is draining (SIGTERM): resume the session on another node
     TRY_AGAIN_LATER = 1013
     RESUMED_ELSEWHERE = 4000  # native: this connection's session was resumed on a newer connection
 

@@ -208,6 +208,8 @@ class NativeCodec:
             if event.resumed:
                 out["resumed"] = True
                 out["received_ms"] = dict(event.received_ms or {})
+                if event.partials_reset:
+                    out["partials_reset"] = True
             return [_with_id(out, event.event_id)]
         if isinstance(event, SessionUpdated):
             updated = {"type": "session.updated", "session": {"id": event.session_id, "language": event.language}}

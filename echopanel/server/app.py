@@ -73,7 +73,9 @@ def create_app(
         """Whether this server takes new sessions: the status a balancer's health check reads (200 or 503)."""
         caps = engine.capabilities
         status = "ready"
-        if engines_down(engine.status()):
+        if request.app.state.context.draining:
+            status = "draining"  # SIGTERM: handing its sessions off, then exiting
+        elif engines_down(engine.status()):
             status = "engines_down"  # no engine takes work: new sessions would get only errors
         elif admission.capacity_left <= 0:
             status = "full"

@@ -87,6 +87,7 @@ class DialectConnection(ABC):
         self.slow_client = False
         self.failed = False  # an internal error ended the session (a fatal error was sent)
         self.evicted = False  # its session was resumed on another connection (native dialect)
+        self.handing_off = False  # a drain closed it (1012) at a pause: the session goes on elsewhere
         self.peer_close_code: int | None = None  # the close code the client sent (1006: none, the connection dropped)
         self._pending = self.admits_at_create  # counted in ``context.pending`` until it has a session
 
@@ -124,7 +125,7 @@ class DialectConnection(ABC):
             try:
                 await self._reader
             except asyncio.CancelledError:
-                if not (self.slow_client or self.evicted or self.failed):
+                if not (self.slow_client or self.evicted or self.failed or self.handing_off):
                     raise
         finally:
             if self.session is not None and not self.session.finalized:
@@ -284,6 +285,22 @@ class DialectConnection(ABC):
         finally:
             sink.cancel()
             await asyncio.gather(sink, return_exceptions=True)
+
+    async def hand_off(self, pause_wait_s: float) -> None:
+        """The node drains: at the session's next pause between utterances (at most ``pause_wait_s`` from now), close
+        1012 so the client goes on elsewhere; ``on_session_end`` then lets the session go (a dialect's own way)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + pause_wait_s
+        # Polled: a pause is the absence of open utterances, which the session's forwarders change as events land.
+        while self.session is not None and not self.session.at_pause() and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self.handing_off = True
+        try:
+            await asyncio.wait_for(self.ws.close(CloseCode.SERVICE_RESTART, reason="node draining"), 1.0)
+        except (TimeoutError, RuntimeError, OSError):
+            pass
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def _cut_off_slow_client(self) -> None:
         """The client has taken no event for ``send_timeout_s``: disconnect instead of buffering without end."""

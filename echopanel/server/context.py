@@ -4,7 +4,7 @@ the speaker service, the registry of detached sessions, and the Prometheus metri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from echopanel.server.resume import ResumeRegistry
 
 
+class Drainable(Protocol):
+    """What a drain needs of an open connection (``DialectConnection``)."""
+
+    async def hand_off(self, pause_wait_s: float) -> None: ...
+
+
 @dataclass
 class ServerContext:
     settings: Settings
@@ -29,3 +35,5 @@ class ServerContext:
     store: AsyncStore | None = None  # stored sessions (echopanel/storage); None: nothing is stored
     speakers: SpeakerService | None = None  # live speaker labels; None: off
     pending: Pending = field(default_factory=lambda: Pending(64))  # native sockets without a session yet
+    connections: set[Drainable] = field(default_factory=set)  # open ones (a drain hands them off)
+    draining: bool = False  # SIGTERM: no new connection is taken (HTTP 503), sessions are handed off

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FULL_MESSAGE = "the server is at its session limit; retry later"
 WAITING_MESSAGE = "too many connections are waiting to create a session; retry later"
+DRAINING_MESSAGE = "this node is shutting down; connect again (a balancer sends you to another node)"
 
 
 def context_of(ws: WebSocket) -> ServerContext:
@@ -58,6 +59,11 @@ def dialect_endpoint(
             return
         if await dialect.refuse(ws):
             return
+        if ctx.draining:
+            await refuse_full(
+                ws, ctx.admission, http=dialect.refuse_with_http, message=DRAINING_MESSAGE, code=ErrorCode.DRAINING
+            )
+            return
         lease: Lease | None = None
         if dialect.admits_at_create:
             if ctx.admission.capacity_left <= 0 and ctx.registry.detached == 0:
@@ -73,10 +79,12 @@ def dialect_endpoint(
                 await _refuse(ws, ctx, http=dialect.refuse_with_http)
                 return
         conn = connection(ws, ctx, lease)
+        ctx.connections.add(conn)
         try:
             await ws.accept(subprotocol=chosen)
             await conn.run()
         finally:
+            ctx.connections.discard(conn)
             if dialect.admits_at_create:
                 conn.leave_pending()
             if conn.lease is not None:
@@ -92,11 +100,18 @@ async def _refuse(ws: WebSocket, ctx: ServerContext, *, http: bool, message: str
     await refuse_full(ws, ctx.admission, http=http, message=message)
 
 
-async def refuse_full(ws: WebSocket, admission: Admission, *, http: bool, message: str = FULL_MESSAGE) -> None:
+async def refuse_full(
+    ws: WebSocket,
+    admission: Admission,
+    *,
+    http: bool,
+    message: str = FULL_MESSAGE,
+    code: ErrorCode = ErrorCode.SERVER_FULL,
+) -> None:
     """HTTP 503 with Retry-After before the upgrade; close 1013 where the server cannot send HTTP responses (or the
     dialect's clients expect a close code)."""
     if http:
-        body = {"type": "error", "code": str(ErrorCode.SERVER_FULL), "message": message}
+        body = {"type": "error", "code": str(code), "message": message}
         try:
             await ws.send_denial_response(
                 JSONResponse(body, status_code=503, headers={"Retry-After": str(admission.retry_after_s)})
@@ -105,4 +120,4 @@ async def refuse_full(ws: WebSocket, admission: Admission, *, http: bool, messag
         except RuntimeError:
             pass
     await ws.accept()
-    await ws.close(CloseCode.TRY_AGAIN_LATER, reason="server full")
+    await ws.close(CloseCode.TRY_AGAIN_LATER, reason="server full" if code is ErrorCode.SERVER_FULL else "draining")

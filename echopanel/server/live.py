@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Literal
 
 from starlette.websockets import WebSocket
 
@@ -20,9 +22,9 @@ from echopanel.server.auth import PROTOCOL_NAME
 from echopanel.server.connection import DialectConnection
 from echopanel.server.context import ServerContext
 from echopanel.server.endpoint import dialect_endpoint
-from echopanel.server.resume import Resumable
+from echopanel.server.resume import Busy, Resumable, shares_sessions
 from echopanel.session.finalize import finalize
-from echopanel.session.outbox import OutboxItem
+from echopanel.session.outbox import OutboxItem, discard
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +90,29 @@ class LiveConnection(DialectConnection):
         log.info("session %s created: sources=%s rate=%d", session.id, session.source_names, session.sample_rate)
 
     async def _resume(self, command: cmd.ResumeSession) -> None:
-        """``session.create {resume}``: take over a detached (or half-dead) session (docs/protocol.md "Resume")."""
+        """``session.create {resume}``: take over a detached (or half-dead) session (docs/protocol.md "Resume"), or,
+        with a shared store, one another node ran (docs/deployment.md "Resume on any node")."""
         not_found = ProtocolError(
             ErrorCode.SESSION_NOT_FOUND,
             "no resumable session with that id and token (unknown, closed, or its grace period expired)",
             param="resume",
         )
         entry = self.registry.find(command.session_id, command.resume_token)
+        if entry is not None and entry.connection is None and not await self.registry.still_ours(entry):
+            entry = None  # another node took it over since it detached here: take it back from the store
         if entry is None:
-            raise not_found
-        await self.drain()  # what this connection said before (pong, errors) goes out first
-        if not await self.registry.take(entry, self):
-            raise not_found
+            if self.session is not None or self.context.store is None:
+                raise not_found
+            taken = await self._take_over(command)
+            if taken is None:
+                raise not_found
+            if taken is False:  # refused (full, busy) and closed
+                return
+            entry = taken
+        else:
+            await self.drain()  # what this connection said before (pong, errors) goes out first
+            if not await self.registry.take(entry, self):
+                raise not_found
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
@@ -110,7 +123,9 @@ class LiveConnection(DialectConnection):
         received = entry.received_ms()
         rate = session.sample_rate
         entry.skip = {n: s.recording.samples - received[n] * rate // 1000 for n, s in session.sources.items()}
-        created = SessionCreated(entry.info, command.event_id, resumed=True, received_ms=received)
+        created = SessionCreated(
+            entry.info, command.event_id, resumed=True, received_ms=received, partials_reset=entry.taken_over
+        )
         replay = self.registry.replay(entry)
         front: list[OutboxItem] = [created, *replay]
         for item in reversed(front):
@@ -125,6 +140,44 @@ class LiveConnection(DialectConnection):
             len(replay),
             self.outbox.qsize() - len(replay) - 1,
         )
+
+    async def _take_over(self, command: cmd.ResumeSession) -> Resumable | Literal[False] | None:
+        """The session is not on this node: go on with it from the shared store and recordings (None: no such
+        session). It needs a slot here; a session its node still runs with its client attached is refused as busy
+        (1013, the client retries: by then that connection has usually dropped). False: refused, closed."""
+        store = self.context.store
+        assert store is not None
+        self.lease = self.context.admission.acquire()
+        if self.lease is None:
+            self.context.metrics.sessions_refused.inc()
+            await self._refuse_full(command.event_id)
+            return False
+        try:
+            carried = await self.registry.claim(store, command.session_id, command.resume_token)
+        except Busy:
+            self.lease.release()
+            self.lease = None
+            message = "the session still runs on another node with a client attached; retry"
+            await self.outbox.put(ErrorEvent(str(ErrorCode.SESSION_BUSY), message, event_id=command.event_id))
+            await self.drain()
+            await self.ws.close(CloseCode.TRY_AGAIN_LATER, reason="session busy")
+            return False
+        if carried is None:
+            self.lease.release()
+            self.lease = None
+            return None
+        handoff = carried.handoff
+        session = self.new_session(
+            sources=list(handoff.sources),
+            sample_rate=handoff.sample_rate,
+            turn_detection=bool(handoff.extra.get("turn_detection", True)),
+            language=handoff.language,
+            overflow=handoff.extra.get("overflow"),
+            carried=carried,
+        )
+        entry = self.registry.register(session, session.info(), self)
+        self.registry.adopted(entry)
+        return entry
 
     def trim_resent(self, source: str, pcm: bytes) -> bytes:
         entry = self.resumable
@@ -150,6 +203,9 @@ class LiveConnection(DialectConnection):
     async def on_session_end(self) -> None:
         """The connection dropped without ``session.close``: detach the session for a resume (docs/protocol.md)."""
         entry = self.resumable
+        if self.handing_off and entry is not None and self.session is not None and not entry.finished:
+            await self._hand_over(entry)
+            return
         # Only a dropped connection is kept for a resume: no close frame (1005/1006, a cut), going away (1001, a
         # page reload), or a proxy/server failure on the way. A clean close (1000), a policy or size violation (1008,
         # 1009), an internal error and other protocol ends finalize the session at once.
@@ -166,6 +222,31 @@ class LiveConnection(DialectConnection):
             await asyncio.gather(self._sender, return_exceptions=True)
         self.registry.detach(entry, self)
         self.session = None  # no longer this connection's to close
+
+    async def _hand_over(self, entry: Resumable) -> None:
+        """A drain closed this connection (1012) at a pause: with a shared store, flush the session's finals to it and
+        mark it detached, so the node its client resumes on takes it over; alone, finalize it as interrupted."""
+        session = self.session
+        assert session is not None
+        entry.finished = True
+        if not shares_sessions(session):
+            await super().on_session_end()
+            return
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        sink = asyncio.create_task(discard(self.outbox), name="discard")
+        try:
+            await asyncio.wait_for(session.flush(), 5.0)
+        except TimeoutError:
+            log.warning("session %s: flush took over 5 s while handing it off", session.id)
+        finally:
+            sink.cancel()
+            await asyncio.gather(sink, return_exceptions=True)
+        assert session.store is not None
+        await session.ledger.write(session.store.store.set_detached, session.id, time.time())
+        self.registry.forget(entry)
+        log.info("session %s handed off (its client resumes on another node)", session.id)
 
     async def evict(self) -> None:
         """The session was resumed on another connection while this one still held it (a half-dead socket)."""

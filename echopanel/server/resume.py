@@ -28,13 +28,25 @@ from echopanel.flow.admission import Lease
 from echopanel.metrics import ServerMetrics
 from echopanel.server import memory
 from echopanel.server.controller import FlowController
+from echopanel.session.carried import Carried, token_hash
 from echopanel.session.finalize import finalize
 from echopanel.session.outbox import Outbox, discard
 from echopanel.session.session import Session
+from echopanel.storage.store import AsyncStore
 
 log = logging.getLogger(__name__)
 
 MAX_REPLAY = 4096  # finals kept for replay per session, at most
+TAKEOVER_WAIT_S = 3.0  # a resume of a session another node still holds waits this long for it to let go
+
+
+def shares_sessions(session: Session) -> bool:
+    """The session's store is shared by a fleet (another node can take it over)."""
+    return session.store is not None and session.store.store.kind == "postgresql"
+
+
+class Busy(Exception):
+    """The session runs on another node that still has its client: not taken over (the client retries)."""
 
 
 class Attachable(Protocol):
@@ -60,6 +72,7 @@ class Resumable:
     released: asyncio.Event = field(default_factory=asyncio.Event)  # set when the connection let go (detached)
     expiry: asyncio.Task[None] | None = None
     resumes: int = 0
+    taken_over: bool = False  # just taken over from another node: the next session.created says partials_reset
     finished: bool = False  # finalized; nothing left to resume
 
     def note_sent(self, final: SourceEvent, window_s: float) -> None:
@@ -119,6 +132,7 @@ class ResumeRegistry:
         entry.detached_at = time.monotonic()
         entry.outbox.detach()
         entry.lease, connection.lease = connection.lease, None  # the slot stays with the session
+        entry.session.note_detached(time.time())  # in a shared store: another node may take it over on resume
         entry.expiry = asyncio.create_task(self._expire(entry), name=f"grace-{entry.session.id}")
         entry.released.set()
         self._export()
@@ -138,9 +152,18 @@ class ResumeRegistry:
             self.settings.resume_grace_s,
         )
         entry.finished = True
+        session = entry.session
+        if session.store is not None and not session.ledger.lost:
+            try:
+                session.ledger.lost = not await session.store.read(session.store.store.still_owner, session.id)
+            except Exception:
+                log.warning("session %s: could not read its owner; finalizing it", session.id, exc_info=True)
+        if session.ledger.lost:  # its client resumed on another node, which owns it now: nothing to finalize here
+            log.info("session %s: taken over by another node; letting it go", session.id)
+            await self._let_go(entry)
+            return
         if self.metrics is not None:
             self.metrics.sessions_interrupted.inc()
-        session = entry.session
         sink = asyncio.create_task(discard(entry.outbox), name="discard")
         try:
             await finalize(session, "interrupted")
@@ -149,14 +172,36 @@ class ResumeRegistry:
         finally:
             sink.cancel()
             await asyncio.gather(sink, return_exceptions=True)
-            if self.controller is not None:
-                self.controller.unregister(session)
-            await session.aclose()
-            if entry.lease is not None:
-                entry.lease.release()
-                entry.lease = None
-            self.forget(entry)
-            memory.collect_soon()
+            await self._let_go(entry)
+
+    async def let_go_detached(self) -> None:
+        """A drain: sessions waiting for their client are let go. With a shared store their finals are flushed to it
+        and another node takes them over when their client resumes; alone, they are finalized as interrupted."""
+        for entry in [e for e in self.entries.values() if e.connection is None and not e.finished]:
+            entry.finished = True
+            session = entry.session
+            sink = asyncio.create_task(discard(entry.outbox), name="discard")
+            try:
+                if shares_sessions(session):
+                    await asyncio.wait_for(session.flush(), 5.0)
+                else:
+                    await finalize(session, "interrupted")
+            except Exception:
+                log.warning("session %s: could not flush it while draining", session.id, exc_info=True)
+            finally:
+                sink.cancel()
+                await asyncio.gather(sink, return_exceptions=True)
+            await self._let_go(entry)
+
+    async def _let_go(self, entry: Resumable) -> None:
+        if self.controller is not None:
+            self.controller.unregister(entry.session)
+        await entry.session.aclose()
+        if entry.lease is not None:
+            entry.lease.release()
+            entry.lease = None
+        self.forget(entry)
+        memory.collect_soon()
 
     # -- resume ------------------------------------------------------------------------------------------------------
 
@@ -178,6 +223,8 @@ class ResumeRegistry:
             entry.expiry = None
         entry.connection = connection
         entry.outbox.attach()
+        if entry.detached_at is not None:
+            entry.session.note_detached(None)
         entry.released.clear()
         if entry.lease is not None:
             # The session already has a slot: it moves to this connection (which holds none of its own: the
@@ -191,8 +238,65 @@ class ResumeRegistry:
         self._export()
         return True
 
+    # -- resume on another node (a shared store) --------------------------------------------------------------------
+
+    async def claim(self, store: AsyncStore, session_id: str, token: str) -> Carried | None:
+        """Take over a session another node ran (docs/deployment.md "Resume on any node"): None if there is no such
+        active session or the token is wrong; ``Busy`` if its node still runs it with a client attached."""
+        handoff = await store.read(store.store.handoff, session_id)
+        if handoff is None or handoff.dialect != "native":
+            return None
+        want = str(handoff.extra.get("token_sha256", ""))
+        if not want or not hmac.compare_digest(want.encode(), token_hash(token).encode()):
+            return None
+        # A node handing the session off (a drain, a dropped connection) marks it detached within about a second of
+        # closing the client's connection: wait that long before calling it busy.
+        deadline = time.monotonic() + TAKEOVER_WAIT_S
+        while not await store.read(store.store.takeable, session_id, self.settings.takeover_after_s):
+            if time.monotonic() >= deadline:
+                raise Busy(session_id)
+            await asyncio.sleep(0.1)
+        epoch = await store.write(store.store.take_over, session_id)
+        items = await store.read(store.store.items, session_id)
+        log.info("session %s taken over at epoch %d (%d stored items)", session_id, epoch, len(items))
+        return Carried(session_id, token, handoff.created_at, epoch, tuple(items), handoff)
+
+    async def still_ours(self, entry: Resumable) -> bool:
+        """Whether this node still owns a session it holds detached (with a shared store, another node may have
+        taken it over meanwhile: then it is let go here, unfinalized, and False)."""
+        session = entry.session
+        if shares_sessions(session) and not session.ledger.lost:
+            assert session.store is not None
+            try:
+                if await session.store.read(session.store.store.still_owner, session.id):
+                    return True
+            except Exception:
+                log.warning("session %s: could not read its owner", session.id, exc_info=True)
+                return True
+        elif not session.ledger.lost:
+            return True
+        session.ledger.lost = True
+        entry.finished = True
+        log.info("session %s: taken over by another node while detached here; letting it go", session.id)
+        await self._let_go(entry)
+        return False
+
+    def adopted(self, entry: Resumable) -> None:
+        """``entry`` was taken over from another node by the connection it is registered with."""
+        entry.taken_over = True
+        entry.resumes += 1
+        if self.metrics is not None:
+            self.metrics.resumes.inc()
+        self._export()
+
     def replay(self, entry: Resumable) -> list[Replayed]:
-        """Finals written during the replay window before the drop, oldest first, marked ``replayed``."""
+        """Finals written during the replay window before the drop, oldest first, marked ``replayed``. A session taken
+        over from another node replays its stored finals of the last grace + replay window instead."""
+        carried = entry.session.carried
+        if carried is not None and entry.taken_over:
+            entry.taken_over = False  # the next resume (on this node) replays what this node sent
+            since = time.time() - self.settings.resume_grace_s - self.settings.resume_replay_s
+            return carried.replay(since, MAX_REPLAY)
         return [Replayed(final) for _, final in entry.sent_finals]
 
     def _export(self) -> None:

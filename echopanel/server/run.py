@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -26,6 +28,7 @@ from echopanel.flow.ladder import DegradeLadder
 from echopanel.metrics import ServerMetrics
 from echopanel.server import memory
 from echopanel.server.app import create_app, server_features
+from echopanel.server.context import ServerContext
 from echopanel.server.controller import FlowController
 from echopanel.server.faults import fault_routes
 from echopanel.speakers.live import SpeakerService
@@ -89,6 +92,48 @@ async def until_started(server: uvicorn.Server, task: asyncio.Task[None]) -> int
             raise RuntimeError("server failed to start")
         await asyncio.sleep(0.01)
     return int(server.servers[0].sockets[0].getsockname()[1])
+
+
+class NodeServer(uvicorn.Server):
+    """uvicorn's server, but SIGTERM drains first (``drain``): the first SIGTERM only asks for it; SIGINT, or a
+    second SIGTERM, stops at once as uvicorn does."""
+
+    drain_requested = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self.drain_requested:
+            self.drain_requested = True  # a watcher task on the event loop sees it (no work in a signal handler)
+            return
+        super().handle_exit(sig, frame)
+
+
+async def drain(context: ServerContext, settings: Settings) -> None:
+    """Stop admitting (``/ready`` 503, new connections refused with HTTP 503), hand every session off at its next
+    pause between utterances (closed 1012; with a shared store the client resumes on another node), and return once
+    every connection has ended or ``drain_timeout_s`` has passed (docs/behaviour.md "Drain")."""
+    started = time.monotonic()
+    context.draining = True
+    connections = list(context.connections)
+    log.info("draining: handing off %d connection(s) at their next pause", len(connections))
+    pause_wait_s = max(0.0, settings.drain_timeout_s - 5.0)  # the last 5 s: flush, store, close
+    handoffs = [asyncio.create_task(c.hand_off(pause_wait_s)) for c in connections]
+    deadline = started + settings.drain_timeout_s
+    while context.connections and time.monotonic() < deadline:  # noqa: ASYNC110 - polled until empty or the bound
+        await asyncio.sleep(0.05)
+    await context.registry.let_go_detached()
+    for task in handoffs:
+        task.cancel()
+    await asyncio.gather(*handoffs, return_exceptions=True)
+    log.info("drained in %.1f s (%d connection(s) still open)", time.monotonic() - started, len(context.connections))
+
+
+async def _drain_on_sigterm(server: NodeServer, context: ServerContext, settings: Settings) -> None:
+    while not server.drain_requested:  # noqa: ASYNC110 - set by a signal handler, where no loop call is safe
+        await asyncio.sleep(0.1)
+    try:
+        await drain(context, settings)
+    finally:
+        server.should_exit = True
 
 
 @dataclass
@@ -162,12 +207,13 @@ async def serve(settings: Settings) -> None:
     memory.limit_arenas()
     async with running(settings) as stack:
         memory.freeze()
-        server = uvicorn.Server(uvicorn_config(stack.app, settings))
+        server = NodeServer(uvicorn_config(stack.app, settings))
         task = asyncio.create_task(server.serve())
         try:
             port = await until_started(server, task)
         except RuntimeError as exc:
             raise SystemExit(str(exc)) from None
+        drainer = asyncio.create_task(_drain_on_sigterm(server, stack.app.state.context, settings))
         engine = stack.engine
         features = server_features(engine, stack.store, stack.speakers)  # what /ready and session.created say too
         log.info(
@@ -184,7 +230,10 @@ async def serve(settings: Settings) -> None:
             "token" if settings.token else "off",
             time.monotonic() - started,
         )
-        await task
+        try:
+            await task
+        finally:
+            drainer.cancel()
 
 
 def node_id(settings: Settings) -> str:

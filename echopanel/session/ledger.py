@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from echopanel.events import ItemFailed, SpeakerUpdated, TextFinal, item_id
-from echopanel.storage.store import AsyncStore, StoredItem
+from echopanel.storage.store import AsyncStore, StaleOwner, StoredItem
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Ledger:
         self.primary_engine = primary_engine
         self.store = store
         self.items: list[TranscriptItem] = []
+        self.lost = False  # another node took the session over: this node's writes are refused (StaleOwner)
         self.books: dict[str, SourceBook] = {name: SourceBook() for name in sources}
 
     # -- recording finals ---------------------------------------------------------------------------------------
@@ -141,5 +142,9 @@ class Ledger:
             return
         try:
             await self.store.write(fn, *args)
+        except StaleOwner:
+            if not self.lost:
+                log.info("session %s: taken over by another node; this node writes nothing more", self.session_id)
+            self.lost = True
         except Exception:
             log.exception("session %s: store write failed", self.session_id)

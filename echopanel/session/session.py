@@ -48,6 +48,7 @@ from echopanel.events import (
 from echopanel.flow.ladder import REASONS, Level
 from echopanel.flow.source_queue import Chunk, SourceQueue
 from echopanel.metrics import ServerMetrics, source_kind
+from echopanel.session.carried import Carried, catch_up, token_hash
 from echopanel.session.labels import LIVE_LABELS_UNTIL, LiveLabels
 from echopanel.session.ledger import Ledger
 from echopanel.session.outbox import Barrier, Outbox
@@ -82,15 +83,18 @@ class Session:
         store: AsyncStore | None = None,
         speakers: SpeakerService | None = None,
         dialect: str = "native",
+        carried: Carried | None = None,
     ) -> None:
-        self.id = "sess_" + uuid.uuid4().hex[:20]
-        self.resume_token = secrets.token_urlsafe(24)
+        # A carried session goes on from another node's (echopanel/session/carried.py): same id, token, transcript.
+        self.carried = carried
+        self.id = carried.session_id if carried else "sess_" + uuid.uuid4().hex[:20]
+        self.resume_token = carried.resume_token if carried else secrets.token_urlsafe(24)
         self.engine = engine
         self.settings = settings
         self.sample_rate = sample_rate
         self.turn_detection = turn_detection
         self.overflow = overflow or settings.overflow
-        self.created = time.time()
+        self.created = carried.created if carried else time.time()
         self.outbox = outbox or Outbox(settings.send_queue_events)
         self.closing = False
         self.directory = session_dir(settings.data_dir, self.id)
@@ -100,19 +104,27 @@ class Session:
         self.dialect = dialect
         self.language = language
         self.ledger = Ledger(self.id, engine.capabilities.name, sources, store)
+        if carried is not None:
+            carried.seed(self.ledger)
         self.labels = LiveLabels(self.ledger, self.outbox, settings.speaker_wait_ms)
         self.finalization: asyncio.Future[dict[str, Any]] | None = None  # set by finalize()
         engine_rate = engine.capabilities.sample_rate
         self.sources: dict[str, SourceState] = {}
         for index, name in enumerate(sources):
             priority = 0 if index == 0 else 1
+            first = carried.next_item(name) if carried else 1
             stream = engine.open_stream(
                 StreamOptions(
-                    source=name, priority=priority, turn_detection=turn_detection, language=language, prompt=prompt
+                    source=name,
+                    priority=priority,
+                    first_item=first,
+                    turn_detection=turn_detection,
+                    language=language,
+                    prompt=prompt,
                 )
             )
             limit_ms = settings.mic_queue_ms if priority == 0 else settings.system_queue_ms
-            recording = Recording(self.directory / f"{name}.pcm", sample_rate)
+            recording = Recording(self.directory / f"{name}.pcm", sample_rate, resume=carried is not None)
             state = SourceState(
                 name=name,
                 priority=priority,
@@ -121,10 +133,13 @@ class Session:
                 queue=SourceQueue(name, rate=sample_rate, limit_samples=limit_ms * sample_rate // 1000),
                 recording=recording,
             )
+            if carried is not None:  # the recognizer goes through the recording from its last stored final on
+                state.catch_up = min(carried.restart_ms(name) * sample_rate // 1000, recording.samples)
+                state.fed_samples = recording.samples
             if speakers is not None:
-                state.speakers = SourceSpeakers(
-                    speakers, name, self.labels.reader(recording), recording.path.with_suffix(".emb")
-                )
+                # A carried session's new node writes embeddings of its own (the old node may still be writing).
+                emb = recording.path.with_suffix(f".{carried.epoch}.emb" if carried else ".emb")
+                state.speakers = SourceSpeakers(speakers, name, self.labels.reader(recording), emb)
                 state.speakers.live = level < LIVE_LABELS_UNTIL
             self.sources[name] = state
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,7 +191,7 @@ class Session:
         )
 
     def start(self) -> None:
-        if self.store is not None:
+        if self.store is not None and self.carried is None:
             caps = self.engine.capabilities
             record = SessionRecord(
                 id=self.id,
@@ -188,6 +203,11 @@ class Session:
                 engine=caps.name,
                 model=caps.model,
                 language=self.language,
+                handoff={
+                    "token_sha256": token_hash(self.resume_token),
+                    "turn_detection": self.turn_detection,
+                    "overflow": self.overflow,
+                },
             )
             sources = [
                 SourceRecord(s.name, s.priority, self.sample_rate, recording=str(s.recording.path))
@@ -245,6 +265,17 @@ class Session:
     def received_ms(self, source: str) -> float:
         """Audio of ``source`` accepted so far (recorded), in ms."""
         return self.sources[source].recording.samples * 1000 / self.sample_rate
+
+    def at_pause(self) -> bool:
+        """No source is inside an utterance (a drain hands the session off here)."""
+        return all(not state.onsets for state in self.sources.values())
+
+    def note_detached(self, at: float | None) -> None:
+        """Its client dropped (at ``at``, unix s) or came back (None): recorded in the store, for other nodes."""
+        if self.store is not None:
+            task = asyncio.create_task(self.ledger.write(self.store.store.set_detached, self.id, at))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def set_prompt(self, source: str, prompt: str) -> None:
         self.sources[source].stream.set_prompt(prompt)
@@ -330,6 +361,8 @@ class Session:
     async def _feed(self, state: SourceState) -> None:
         queue = state.queue
         try:
+            if state.catch_up is not None:  # a carried session: the recording from its restart point first
+                await catch_up(state, state.catch_up, self.sample_rate, self.engine.capabilities.sample_rate)
             while True:
                 while not len(queue):
                     state.changed.clear()

@@ -44,4 +44,5 @@ class SourceState:
     last_text_item: int = 0
     speakers: SourceSpeakers | None = None  # live speaker labels (None: off)
     onsets: dict[int, int] = field(default_factory=dict)  # open utterances: item -> first audio held (ms)
+    catch_up: int | None = None  # a carried session: the recording is fed from this sample before any new audio
     broken: asyncio.Event = field(default_factory=asyncio.Event)  # its feeder or recognizer failed (internal error)

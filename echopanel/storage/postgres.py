@@ -23,9 +23,11 @@ from psycopg_pool import ConnectionPool
 from echopanel.storage.sql import SCHEMA, Cursor, SqlStore
 
 MIGRATE_LOCK = 0x45_50_53_43  # pg_advisory_xact_lock key while the schema is created or migrated ("EPSC")
-MIGRATIONS = (  # schema 1 -> 3
+MIGRATIONS = (  # schema 1 -> 4
     "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS owner TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS handoff TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS detached_at DOUBLE PRECISION",
 )
 
 

@@ -20,13 +20,20 @@ BYTES_PER_SAMPLE = 2
 
 
 class Recording:
-    def __init__(self, path: Path, sample_rate: int) -> None:
+    def __init__(self, path: Path, sample_rate: int, *, resume: bool = False) -> None:
+        """``resume``: go on with a recording another process wrote (a session carried over from another node): its
+        samples are kept, a torn last sample (an odd byte) is cut, new ones are appended."""
         self.path = path
         self.sample_rate = sample_rate
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".json").write_text(json.dumps({"format": "pcm16le", "channels": 1, "rate": sample_rate}))
         self._file = open(path, "ab", buffering=0)  # kept open for the session; unbuffered (the module docstring)
         self.samples = 0
+        if resume:
+            size = self._file.seek(0, 2)
+            if size % BYTES_PER_SAMPLE:
+                self._file.truncate(size - size % BYTES_PER_SAMPLE)
+            self.samples = size // BYTES_PER_SAMPLE
 
     def append(self, pcm16: bytes) -> int:
         """Append whole samples (in the OS when this returns); returns the sample offset where they start."""

@@ -22,16 +22,16 @@ from typing import Any, Protocol
 
 from echopanel.storage.store import (
     Finalization,
+    Handoff,
     SessionRecord,
     ShedSpan,
     SourceRecord,
     SpeakerRecord,
+    StaleOwner,
     StoredItem,
 )
 
-
-class StaleOwner(RuntimeError):
-    """This node no longer owns the session (another node took it over): the write was not made."""
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Cursor", "SqlStore", "StaleOwner"]
 
 
 class Cursor(Protocol):
@@ -49,7 +49,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-SCHEMA_VERSION = 3  # 2: sessions.owner, 3: sessions.epoch
+SCHEMA_VERSION = 4  # 2: sessions.owner, 3: sessions.epoch, 4: sessions.handoff and sessions.detached_at
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -64,7 +64,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     model TEXT NOT NULL,
     language TEXT NOT NULL,
     owner TEXT NOT NULL DEFAULT '',
-    epoch INTEGER NOT NULL DEFAULT 1
+    epoch INTEGER NOT NULL DEFAULT 1,
+    handoff TEXT NOT NULL DEFAULT '',
+    detached_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at);
 CREATE TABLE IF NOT EXISTS sources (
@@ -159,7 +161,8 @@ class SqlStore:
         with self._tx() as c:
             self._exec(
                 c,
-                "UPDATE sessions SET owner = ?, epoch = epoch + 1 WHERE id = ? AND status = 'active'",
+                "UPDATE sessions SET owner = ?, epoch = epoch + 1, detached_at = NULL"
+                " WHERE id = ? AND status = 'active'",
                 (self.node_id, session_id),
             )
             if c.rowcount != 1:
@@ -184,19 +187,46 @@ class SqlStore:
         return node_id == self.node_id
 
     def takeable(self, session_id: str, stale_after_s: float, now: float | None = None) -> bool:
-        """An ``active`` session another node owns may be taken over: its node died (at once), or it is hung (no
-        heartbeat for ``stale_after_s``)."""
+        """An ``active`` session another node owns may be taken over: its client left it (detached, waiting for a
+        resume), its node died (at once), or it is hung (no heartbeat for ``stale_after_s``)."""
         rows = self._rows(
-            "SELECT s.owner, n.heartbeat_at FROM sessions s LEFT JOIN nodes n ON n.id = s.owner"
+            "SELECT s.owner, n.heartbeat_at, s.detached_at FROM sessions s LEFT JOIN nodes n ON n.id = s.owner"
             " WHERE s.id = ? AND s.status = 'active'",
             (session_id,),
         )
         if not rows:
             return False
-        owner, beat = str(rows[0][0]), rows[0][1]
-        if owner == self.node_id or not self.node_alive(owner):
+        owner, beat, detached = str(rows[0][0]), rows[0][1], rows[0][2]
+        if owner == self.node_id or detached is not None or not self.node_alive(owner):
             return True
         return beat is not None and (time.time() if now is None else now) - float(beat) > stale_after_s
+
+    def set_detached(self, session_id: str, at: float | None) -> None:
+        """The session's client dropped (``at``: when) or came back (None): a detached session may be taken over by
+        the node its client resumes on."""
+        with self._tx() as c:
+            self._fence(c, session_id)
+            self._exec(c, "UPDATE sessions SET detached_at = ? WHERE id = ?", (at, session_id))
+
+    def still_owner(self, session_id: str) -> bool:
+        """Whether this node still owns the session at the epoch it holds (False: another node took it over)."""
+        epoch = self._epochs.get(session_id)
+        if epoch is None:
+            return False
+        return self.owner(session_id) == (self.node_id, epoch)
+
+    def handoff(self, session_id: str) -> Handoff | None:
+        """What a node needs to go on with an ``active`` session another node ran (None: no such active session)."""
+        rows = self._rows(
+            "SELECT s.created_at, s.sources, s.sample_rate, s.dialect, s.language, s.handoff FROM sessions s"
+            " WHERE s.id = ? AND s.status = 'active'",
+            (session_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        extra = dict(json.loads(r[5])) if r[5] else {}
+        return Handoff(session_id, float(r[0]), tuple(json.loads(r[1])), int(r[2]), str(r[3]), str(r[4]), extra)
 
     def owner(self, session_id: str) -> tuple[str, int] | None:
         """(owner node, epoch) of a session, or None."""
@@ -236,7 +266,7 @@ class SqlStore:
             self._exec(
                 c,
                 "INSERT INTO sessions (id, status, created_at, ended_at, sources, sample_rate, dialect, engine, model,"
-                " language, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " language, owner, handoff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.status,
@@ -249,6 +279,7 @@ class SqlStore:
                     record.model,
                     record.language,
                     self.node_id,
+                    json.dumps(record.handoff, separators=(",", ":")) if record.handoff else "",
                 ),
             )
             self._epochs[record.id] = 1

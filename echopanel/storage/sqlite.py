@@ -33,10 +33,14 @@ class SqliteStore(SqlStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version in (1, 2):  # before sessions.owner (1) and sessions.epoch (2)
-                if version == 1:
-                    conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            # 1: before sessions.owner, 2: before sessions.epoch, 3: before sessions.handoff and detached_at
+            if version == 1:
+                conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            if version in (1, 2):
                 conn.execute("ALTER TABLE sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1")
+            if version in (1, 2, 3):
+                conn.execute("ALTER TABLE sessions ADD COLUMN handoff TEXT NOT NULL DEFAULT ''")
+                conn.execute("ALTER TABLE sessions ADD COLUMN detached_at DOUBLE PRECISION")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)

@@ -24,6 +24,10 @@ T = TypeVar("T")
 STATUSES = ("active", "completed", "interrupted")
 
 
+class StaleOwner(RuntimeError):
+    """This node no longer owns the session (another node took it over): the write was not made."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     id: str
@@ -38,6 +42,9 @@ class SessionRecord:
     ended_at: float | None = None
     items: int = 0  # number of stored items (filled in by reads)
     duration_ms: int = 0  # end of the last item (filled in by reads)
+    # Written at creation, read only by a node taking the session over (``Handoff``), never listed: the resume
+    # token's SHA-256 and the session's settings that are not columns.
+    handoff: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +125,19 @@ class ShedSpan:
 
 
 @dataclass(frozen=True, slots=True)
+class Handoff:
+    """An ``active`` session as another node finds it in a shared store (docs/deployment.md "Resume on any node")."""
+
+    session_id: str
+    created_at: float
+    sources: tuple[str, ...]
+    sample_rate: int
+    dialect: str
+    language: str
+    extra: dict[str, Any]  # SessionRecord.handoff: token_sha256, turn_detection, overflow
+
+
+@dataclass(frozen=True, slots=True)
 class Finalization:
     """Everything finalization writes at once (one transaction)."""
 
@@ -177,6 +197,17 @@ class SessionStore(Protocol):
     def heartbeat(self, now: float | None = None) -> None:
         """This node is alive and not hung (a fleet's nodes read it)."""
         ...
+
+    # Ownership in a shared store (echopanel/storage/sql.py, docs/deployment.md).
+    def take_over(self, session_id: str) -> int: ...
+
+    def takeable(self, session_id: str, stale_after_s: float, now: float | None = None) -> bool: ...
+
+    def set_detached(self, session_id: str, at: float | None) -> None: ...
+
+    def still_owner(self, session_id: str) -> bool: ...
+
+    def handoff(self, session_id: str) -> Handoff | None: ...
 
     @property
     def kind(self) -> str:

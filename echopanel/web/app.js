@@ -478,6 +478,7 @@ function onCreated(ev) {
       resend += Math.max(0, src.buf.end - from);
       src.sent = from;
     }
+    if (ev.partials_reset) dropPartials(); // resumed on another node: open items are transcribed again
     notify(`Reconnected and resumed the session: resending ${fmtS(resend / SAMPLES_PER_MS)} of audio the server did not get.`, "info");
   } else {
     if (wasLost) addDivider(session.id);
@@ -572,6 +573,15 @@ function renderItem(item) {
   const t = item.el.querySelector(".tentative");
   t.textContent = tentative ? (item.stable && !/\s$/.test(item.stable) && !/^\s/.test(tentative) ? " " : "") + tentative : "";
   follow();
+}
+
+function dropPartials() {
+  // Items without a final: their partial text is void, their utterances come again (docs/protocol.md "Resume").
+  for (const [k, item] of S.items) {
+    if (item.final !== null) continue;
+    item.el.remove();
+    S.items.delete(k);
+  }
 }
 
 function onSpeechStarted(ev) {

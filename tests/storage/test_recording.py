@@ -40,3 +40,22 @@ async def test_acknowledged_audio_survives_kill_9(tmp_path: Path) -> None:
             server.proc.wait(10)
         on_disk = (session_dir(tmp_path, sid) / "mic.pcm").stat().st_size
         assert on_disk // 32 >= acked == 1500  # 32 bytes per ms at 16 kHz PCM16
+
+
+def test_a_recording_another_process_wrote_goes_on_at_its_durable_end(tmp_path: Path) -> None:
+    """A node taking a session over opens its recording where the old node left it; a torn last sample (an odd
+    byte: the old process died mid-write) is cut, and new audio follows the old."""
+    path = tmp_path / "mic.pcm"
+    first = Recording(path, 16000)
+    first.append(b"\x01\x00\x02\x00\x03\x00")
+    first.close()
+    with open(path, "ab") as f:
+        f.write(b"\x04")  # half a sample
+    again = Recording(path, 16000, resume=True)
+    assert again.samples == 3
+    assert again.append(b"\x05\x00") == 3
+    again.close()
+    assert path.read_bytes() == b"\x01\x00\x02\x00\x03\x00\x05\x00"
+    fresh = Recording(tmp_path / "new.pcm", 16000, resume=True)  # nothing there yet: an empty recording
+    assert fresh.samples == 0
+    fresh.close()

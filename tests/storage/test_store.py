@@ -231,6 +231,38 @@ def test_a_dead_or_hung_node_s_sessions_are_takeable(opener: Opener) -> None:
     assert not node_b.takeable("sess_nope", stale_after_s=10)
 
 
+def test_a_detached_session_is_takeable_with_what_its_next_node_needs(opener: Opener) -> None:
+    """A node whose client dropped marks the session detached: another node may take it over (no waiting for a
+    heartbeat), with the settings it was created with; taking it over clears the mark and fences the old node."""
+    node_a, node_b = opener("node-a"), opener("node-b")
+    handoff = {"token_sha256": "ab" * 32, "turn_detection": False, "overflow": "block"}
+    rec = SessionRecord("sess_d", "active", 1000.0, ("mic",), 24000, language="en", handoff=handoff)
+    node_a.create_session(rec, [SourceRecord("mic", 0, 24000)])
+    node_a.heartbeat(now=1000.0)
+    found = node_b.handoff("sess_d")
+    assert found is not None
+    assert (found.sources, found.sample_rate, found.language, found.dialect) == (("mic",), 24000, "en", "native")
+    assert found.extra == handoff
+    assert "handoff" not in node_b.get_session("sess_d").as_dict()  # type: ignore[union-attr]  # never listed
+    if isinstance(node_a, PostgresStore):
+        assert not node_b.takeable("sess_d", stale_after_s=10, now=1001.0)  # alive, beating, client attached
+    node_a.set_detached("sess_d", 1001.0)
+    assert node_b.takeable("sess_d", stale_after_s=10, now=1001.0)
+    assert node_a.still_owner("sess_d")
+    node_a.set_detached("sess_d", None)  # its client came back to it
+    if isinstance(node_a, PostgresStore):
+        assert not node_b.takeable("sess_d", stale_after_s=10, now=1001.0)
+    node_a.set_detached("sess_d", 1002.0)
+    assert node_b.take_over("sess_d") == 2
+    assert not node_a.still_owner("sess_d") and node_b.still_owner("sess_d")
+    with pytest.raises(StaleOwner):
+        node_a.set_detached("sess_d", 1003.0)
+    if isinstance(node_a, PostgresStore):  # taken: no longer detached, and its new node is alive
+        assert not opener("node-c").takeable("sess_d", stale_after_s=10, now=1001.0)
+    node_b.finalize("sess_d", Finalization("completed", 5.0, {}))
+    assert node_b.handoff("sess_d") is None  # ended: nothing to hand off
+
+
 def test_a_node_killed_with_sigkill_is_dead_at_once(pg_url: str) -> None:
     url = fresh_database(pg_url)
     watcher = PostgresStore(url, "node-w")
@@ -252,3 +284,35 @@ def test_a_node_killed_with_sigkill_is_dead_at_once(pg_url: str) -> None:
     finally:
         proc.kill()
         watcher.close()
+
+
+def test_an_older_sqlite_file_is_migrated_in_place(tmp_path: Path) -> None:
+    """A data directory from before sessions.handoff/detached_at (schema 3) opens: the columns are added, the old
+    sessions stay, new ones take the new fields."""
+    import sqlite3
+
+    from echopanel.storage.sql import SCHEMA
+
+    old = SCHEMA.replace("    handoff TEXT NOT NULL DEFAULT '',\n    detached_at DOUBLE PRECISION\n", "").replace(
+        "epoch INTEGER NOT NULL DEFAULT 1,", "epoch INTEGER NOT NULL DEFAULT 1"
+    )
+    assert "handoff" not in old
+    path = tmp_path / "echopanel.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(old + ";PRAGMA user_version = 3;")
+    conn.execute(
+        "INSERT INTO sessions (id, status, created_at, sources, sample_rate, dialect, engine, model, language)"
+        " VALUES ('sess_old', 'completed', 1.0, '[\"mic\"]', 16000, 'native', 'whisper', 'tiny.en', 'en')"
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path, "node-a")
+    try:
+        assert store.get_session("sess_old") is not None
+        store.create_session(
+            SessionRecord("sess_new", "active", 2.0, ("mic",), 16000, handoff={"overflow": "shed"}), []
+        )
+        found = store.handoff("sess_new")
+        assert found is not None and found.extra == {"overflow": "shed"}
+    finally:
+        store.close()

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         "postgresql://USER@HOST:PORT/DB shared by a fleet (ECHOPANEL_STORE)",
     )
     serve.add_argument("--node-id", help="this node's name in a shared store (ECHOPANEL_NODE_ID; default host:port)")
+    serve.add_argument(
+        "--fleet-max-sessions",
+        type=int,
+        help="session limit of the whole fleet, held in the shared store (ECHOPANEL_FLEET_MAX_SESSIONS; default none)",
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
 
     tr = sub.add_parser("transcribe", help="stream WAV files to a server and print the transcript")
@@ -99,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_sessions=args.max_sessions,
             store=args.store,
             node_id=args.node_id,
+            fleet_max_sessions=args.fleet_max_sessions,
         )
     except SettingsError as exc:  # refused at start: say which variable or flag, and what it allows
         print(f"echopanel serve: {exc}", file=sys.stderr)

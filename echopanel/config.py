@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     send_queue_events: PositiveInt = 1024  # server events waiting for a slow client
     max_sources: PositiveInt = 4
     max_sessions: PositiveInt = 16  # past it: HTTP 503 + Retry-After (native) or close 1013 (OpenAI dialect)
+    # Sessions of the whole fleet sharing the store (None: only each node's max_sessions); past it: close 1013.
+    fleet_max_sessions: PositiveInt | None = None
     # Native sockets hold no session slot until session.create; one that has not created (or resumed) a session this
     # long after the upgrade is closed 1008, and at most this many such sockets wait at once (past it: HTTP 503).
     handshake_timeout_s: PositiveFloat = 10.0

@@ -16,21 +16,26 @@ close 1013 when the last slot went between the upgrade and ``session.create``. O
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class Lease:
-    """One admission slot."""
+    """One admission slot (and, with a fleet-wide limit, the fleet's slot it holds: ``also`` runs on release)."""
 
-    __slots__ = ("_admission", "released")
+    __slots__ = ("_admission", "also", "released")
 
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
         self.released = False
+        self.also: Callable[[], None] | None = None
 
     def release(self) -> None:
         if self.released:
             return
         self.released = True
         self._admission._free()
+        if self.also is not None:
+            self.also()
 
 
 class Admission:

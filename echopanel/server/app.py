@@ -24,6 +24,7 @@ from echopanel.server.controller import FlowController
 from echopanel.server.debug import memory_routes
 from echopanel.server.deepgram import deepgram_endpoint
 from echopanel.server.files import file_jobs, file_routes
+from echopanel.server.fleet import FleetSlots
 from echopanel.server.live import live_endpoint
 from echopanel.server.memory import HeapProfile
 from echopanel.server.realtime import realtime_endpoint
@@ -115,6 +116,8 @@ def create_app(
     app.state.context = ServerContext(
         settings, engine, admission, metrics, registry, controller, store, speakers, pending
     )
+    if store is not None and settings.fleet_max_sessions is not None:
+        app.state.context.fleet = FleetSlots(store, settings.fleet_max_sessions, settings.takeover_after_s)
     app.state.settings = settings  # the HTTP routes' view (sessions API)
     app.state.store = store
     app.state.file_jobs = file_jobs()

@@ -10,6 +10,7 @@ from echopanel.config import Settings
 from echopanel.engines.base import SpeechEngine
 from echopanel.flow.admission import Admission, Pending
 from echopanel.metrics import ServerMetrics
+from echopanel.server.fleet import FleetSlots
 from echopanel.speakers.live import SpeakerService
 from echopanel.storage.store import AsyncStore
 
@@ -36,4 +37,5 @@ class ServerContext:
     speakers: SpeakerService | None = None  # live speaker labels; None: off
     pending: Pending = field(default_factory=lambda: Pending(64))  # native sockets without a session yet
     connections: set[Drainable] = field(default_factory=set)  # open ones (a drain hands them off)
+    fleet: FleetSlots | None = None  # the fleet-wide session limit (fleet_max_sessions), in the shared store
     draining: bool = False  # SIGTERM: no new connection is taken (HTTP 503), sessions are handed off

@@ -75,6 +75,9 @@ def dialect_endpoint(
                 return
         else:
             lease = ctx.admission.acquire()
+            if lease is not None and ctx.fleet is not None and not await ctx.fleet.take(lease):
+                lease.release()  # this node has room, the fleet has none
+                lease = None
             if lease is None:
                 await _refuse(ws, ctx, http=dialect.refuse_with_http)
                 return

@@ -64,6 +64,12 @@ class LiveConnection(DialectConnection):
             if self.lease is None:  # the last slot went after the upgrade
                 self.context.metrics.sessions_refused.inc()
                 return await self._refuse_full(command.event_id)
+            fleet = self.context.fleet
+            if fleet is not None and not await fleet.take(self.lease):  # the whole fleet is at its limit
+                self.lease.release()
+                self.lease = None
+                self.context.metrics.sessions_refused.inc()
+                return await self._refuse_full(command.event_id, "the fleet is at its session limit; retry later")
             await self._create(command)
             return False
         if isinstance(command, cmd.ResumeSession):
@@ -152,6 +158,8 @@ class LiveConnection(DialectConnection):
             self.context.metrics.sessions_refused.inc()
             await self._refuse_full(command.event_id)
             return False
+        if self.context.fleet is not None:
+            await self.context.fleet.take(self.lease, force=True)  # a session the fleet already has
         try:
             carried = await self.registry.claim(store, command.session_id, command.resume_token)
         except Busy:
@@ -188,9 +196,10 @@ class LiveConnection(DialectConnection):
             return pcm[skip:]
         return pcm
 
-    async def _refuse_full(self, event_id: str | None) -> bool:
+    async def _refuse_full(
+        self, event_id: str | None, message: str = "the server is at its session limit; retry later"
+    ) -> bool:
         """``session.create`` found no free slot (admitted while one was free, or to resume a detached session)."""
-        message = "the server is at its session limit; retry later"
         await self.outbox.put(ErrorEvent(str(ErrorCode.SERVER_FULL), message, event_id=event_id))
         await self.drain()
         await self.ws.close(CloseCode.TRY_AGAIN_LATER, reason="server full")

@@ -250,6 +250,7 @@ def open_store_and_speakers(settings: Settings) -> tuple[AsyncStore, SpeakerServ
     # One SQLite file has one server: every session it left active died with it. A shared store has other nodes,
     # whose live sessions are theirs: only this node's own are swept.
     interrupted = store.mark_interrupted(every_node=store.kind == "sqlite")
+    store.free_fleet_slots()  # what a previous run of this node held of the fleet-wide limit
     if interrupted:
         log.info("marked %d sessions left active by a previous run as interrupted", len(interrupted))
     speakers = None

@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 from echopanel.storage.sql import SCHEMA, Cursor, SqlStore
 
 MIGRATE_LOCK = 0x45_50_53_43  # pg_advisory_xact_lock key while the schema is created or migrated ("EPSC")
+FLEET_LOCK = 0x45_50_46_4C  # pg_advisory_xact_lock key while a fleet slot is counted and taken ("EPFL")
 MIGRATIONS = (  # schema 1 -> 4
     "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS owner TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAULT 1",
@@ -63,6 +64,9 @@ class PostgresStore(SqlStore):
                 self._life.close()  # type: ignore[union-attr]
             self.pool.close()
             raise
+
+    def _lock_fleet(self, c: Cursor) -> None:
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (FLEET_LOCK,))
 
     def node_alive(self, node_id: str) -> bool:
         if node_id == self.node_id:

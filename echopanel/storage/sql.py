@@ -49,7 +49,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-SCHEMA_VERSION = 4  # 2: sessions.owner, 3: sessions.epoch, 4: sessions.handoff and sessions.detached_at
+SCHEMA_VERSION = 4  # 2: sessions.owner, 3: sessions.epoch, 4: sessions.handoff and detached_at, fleet_slots
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -119,6 +119,11 @@ CREATE INDEX IF NOT EXISTS shed_session ON shed_spans (session_id);
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY,
     heartbeat_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet_slots (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    taken_at DOUBLE PRECISION NOT NULL
 );
 """
 
@@ -227,6 +232,36 @@ class SqlStore:
         r = rows[0]
         extra = dict(json.loads(r[5])) if r[5] else {}
         return Handoff(session_id, float(r[0]), tuple(json.loads(r[1])), int(r[2]), str(r[3]), str(r[4]), extra)
+
+    # -- the fleet-wide session limit (--fleet-max-sessions) ----------------------------------------------------------
+
+    def _lock_fleet(self, c: Cursor) -> None:
+        """Within a transaction: fleet admissions one at a time (SQLite's BEGIN IMMEDIATE already is)."""
+
+    def take_fleet_slot(self, slot: str, limit: int, stale_after_s: float, force: bool = False) -> bool:
+        """One of the fleet's ``limit`` session slots for this node (``force``: a resumed session, taken even at the
+        limit). Slots of nodes whose heartbeat is older than ``stale_after_s`` are freed first (a dead node's)."""
+        now = time.time()
+        with self._tx() as c:
+            self._lock_fleet(c)
+            self._exec(
+                c,
+                "DELETE FROM fleet_slots WHERE node IN (SELECT id FROM nodes WHERE heartbeat_at < ?)",
+                (now - stale_after_s,),
+            )
+            taken = int(self._exec(c, "SELECT COUNT(*) FROM fleet_slots").fetchone()[0])
+            if taken >= limit and not force:
+                return False
+            self._exec(c, "INSERT INTO fleet_slots (id, node, taken_at) VALUES (?, ?, ?)", (slot, self.node_id, now))
+        return True
+
+    def free_fleet_slots(self, slots: Sequence[str] = ()) -> None:
+        """Free ``slots`` (every slot of this node's without any: at start, what a previous run left)."""
+        with self._tx() as c:
+            if slots:
+                self._many(c, "DELETE FROM fleet_slots WHERE id = ? AND node = ?", [(s, self.node_id) for s in slots])
+            else:
+                self._exec(c, "DELETE FROM fleet_slots WHERE node = ?", (self.node_id,))
 
     def owner(self, session_id: str) -> tuple[str, int] | None:
         """(owner node, epoch) of a session, or None."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -208,6 +208,10 @@ class SessionStore(Protocol):
     def still_owner(self, session_id: str) -> bool: ...
 
     def handoff(self, session_id: str) -> Handoff | None: ...
+
+    def take_fleet_slot(self, slot: str, limit: int, stale_after_s: float, force: bool = False) -> bool: ...
+
+    def free_fleet_slots(self, slots: Sequence[str] = ()) -> None: ...
 
     @property
     def kind(self) -> str:

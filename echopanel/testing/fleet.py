@@ -133,13 +133,15 @@ def fleet(
     store: str | None = None,
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    fsync: bool = False,
 ) -> Iterator[Fleet]:
-    """PostgreSQL (a fresh database on ``store``'s server, or a server of its own), ``n`` nodes, HAProxy."""
+    """PostgreSQL (a fresh database on ``store``'s server, or a server of its own: with ``fsync``, commits wait for
+    the disk as in production), ``n`` nodes, HAProxy."""
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(haproxy).exists():
         raise RuntimeError("HAProxy is not installed (Debian: apt-get install haproxy)")
     with contextlib.ExitStack() as stack:
-        url = fresh_database(store) if store else stack.enter_context(postgres_server(root))
+        url = fresh_database(store) if store else stack.enter_context(postgres_server(root, fsync=fsync))
         data_dir = root / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         ports = [free_port() for _ in range(n)]
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     root = a.root or Path(os.environ.get("TMPDIR", "/tmp")) / f"echopanel-fleet-{os.getpid()}"
     root.mkdir(parents=True, exist_ok=True)
-    with fleet(a.nodes, root, store=a.store) as f:
+    with fleet(a.nodes, root, store=a.store, fsync=True) as f:
         print(f"fleet up: {a.nodes} nodes behind HAProxy at {f.url} (page: {f.http}/); store {f.store}", flush=True)
         for i, port in enumerate(f.ports):
             print(f"  node{i}: http://127.0.0.1:{port}/ready (pid {f.node(i).pid})", flush=True)

@@ -36,8 +36,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def postgres_server(root: Path | None = None, *, user: str = "echopanel", db: str = "echopanel") -> Iterator[str]:
-    """Start a throwaway PostgreSQL; yields its URL (trust authentication on loopback only)."""
+def postgres_server(
+    root: Path | None = None, *, user: str = "echopanel", db: str = "echopanel", fsync: bool = False
+) -> Iterator[str]:
+    """Start a throwaway PostgreSQL; yields its URL (trust authentication on loopback only). Without ``fsync`` (tests)
+    commits do not wait for the disk; benchmarks of commit latency turn it on, as a real deployment has it."""
     bindir = postgres_bin()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -62,7 +65,8 @@ def postgres_server(root: Path | None = None, *, user: str = "echopanel", db: st
 
     port = free_port()
     run(str(bindir / "initdb"), "-D", str(data), "-U", user, "-A", "trust", "--no-sync", "-E", "UTF8")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=100"
+    durability = "" if fsync else " -c fsync=off"
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets}{durability} -c max_connections=100"
     run(
         str(bindir / "pg_ctl"),
         "-D",

@@ -269,3 +269,26 @@ async def test_the_fleet_refuses_session_n_plus_1_and_bare_sockets_hold_no_slot(
             await c.close()
         for ws in bare:
             await ws.close()
+
+
+async def test_a_fleet_wide_limit_below_the_nodes_limits_holds_across_nodes(tmp_path: Path, pg_url: str) -> None:
+    """Two nodes of four sessions each, the fleet limited to three (held in PostgreSQL): the fourth session is
+    refused (server_full, close 1013) wherever it lands; a session that ends frees its fleet slot for the next."""
+    from echopanel.client.live import ServerError
+
+    env = {"ECHOPANEL_MAX_SESSIONS": "4", "ECHOPANEL_FLEET_MAX_SESSIONS": "3"}
+    with fleet(2, tmp_path, store=pg_url, env=env) as f:
+        live = [client(f.url) for _ in range(3)]
+        for c in live:
+            await c.open()
+        spread = {owner(f, c.session["id"]) for c in live}
+        assert spread == {0, 1}  # leastconn put them on both nodes: the limit is the fleet's, not a node's
+        with pytest.raises(ServerError) as refused:
+            await client(f.url).open()
+        assert refused.value.code == "server_full"
+        await live[0].close()
+        await asyncio.sleep(0.5)  # the slot is freed by a store write after the close
+        extra = client(f.url)
+        await extra.open()
+        for c in [*live[1:], extra]:
+            await c.close()

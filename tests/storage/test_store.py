@@ -286,6 +286,25 @@ def test_a_node_killed_with_sigkill_is_dead_at_once(pg_url: str) -> None:
         watcher.close()
 
 
+def test_the_fleet_limit_is_taken_at_n_and_refused_at_n_plus_1(opener: Opener) -> None:
+    node_a, node_b = opener("node-a"), opener("node-b")
+    node_a.heartbeat(now=time.time())
+    node_b.heartbeat(now=time.time())
+    assert node_a.take_fleet_slot("s1", 3, 10.0) and node_b.take_fleet_slot("s2", 3, 10.0)
+    assert node_a.take_fleet_slot("s3", 3, 10.0)  # N = 3
+    assert not node_b.take_fleet_slot("s4", 3, 10.0)  # N + 1, from either node
+    assert node_b.take_fleet_slot("s4", 3, 10.0, True)  # a resumed session is taken even at the limit
+    node_b.free_fleet_slots(["s4", "s1"])  # s1 is node-a's: node-b cannot free it
+    assert not node_b.take_fleet_slot("s5", 3, 10.0)
+    node_a.free_fleet_slots(["s1"])
+    assert node_b.take_fleet_slot("s5", 3, 10.0)
+    node_a.heartbeat(now=time.time() - 60)  # node-a died (no heartbeat for a minute): its slot s3 is freed
+    assert node_b.take_fleet_slot("s6", 3, 10.0)  # s2, s5, s6
+    assert not node_b.take_fleet_slot("s7", 3, 10.0)
+    node_b.free_fleet_slots()  # a restarting node-b frees what its previous run held
+    assert node_a.take_fleet_slot("s9", 1, 10.0) is True
+
+
 def test_an_older_sqlite_file_is_migrated_in_place(tmp_path: Path) -> None:
     """A data directory from before sessions.handoff/detached_at (schema 3) opens: the columns are added, the old
     sessions stay, new ones take the new fields."""

@@ -68,6 +68,8 @@ def _other_value(name: str, annotation: Any, default: Any) -> tuple[str, Any]:
     """A valid value other than the default, as an environment variable's text and as the setting."""
     if name.endswith("_dir"):
         return "/tmp/echopanel-x", Path("/tmp/echopanel-x")
+    if name == "fleet_max_sessions":  # an optional integer (unset by default)
+        return "40", 40
     if isinstance(default, bool):
         return ("0", False) if default else ("1", True)
     if isinstance(default, Level):

@@ -189,8 +189,14 @@ def main(argv: list[str] | None = None) -> None:
         for i, port in enumerate(f.ports):
             print(f"  node{i}: http://127.0.0.1:{port}/ready (pid {f.node(i).pid})", flush=True)
         print("Ctrl-C stops everything", flush=True)
+
+        def stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
         with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            while True:
+                time.sleep(3600)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also runnable
 
 from bench.common import LIBRIVOX, fmt, git_state, read_transcription, write_json
 from echopanel.audio.wav import read_pcm16
-from echopanel.client.resilient import ResilientClient
 from echopanel.client.stream import transcribe_resilient
 from echopanel.evaluation import normalize, wer
-from echopanel.flow.breaker import BreakerSettings
 from echopanel.storage.postgres import PostgresStore
 from echopanel.storage.sql import SqlStore
 from echopanel.storage.sqlite import SqliteStore
@@ -52,27 +50,12 @@ STEMS = [
     "sense_and_sensibility_01_austen_64kb-0920",
     "sense_and_sensibility_01_austen_64kb-0930",
 ]
-LENIENT = BreakerSettings(failure_threshold=10_000)
 
 
 def speech() -> tuple[bytes, str]:
     refs = read_transcription(LIBRIVOX / "transcription")
     pcm = GAP + b"".join(read_pcm16(LIBRIVOX / f"{s}.wav") + GAP for s in STEMS) + GAP
     return pcm, " ".join(refs[s] for s in STEMS)
-
-
-def client(url: str) -> ResilientClient:
-    return ResilientClient(url, sources=["mic"], backoff_base_s=0.05, backoff_max_s=0.5, breaker=LENIENT)
-
-
-def owner(f: Fleet, session_id: str) -> int:
-    store = PostgresStore(f.store)
-    try:
-        found = store.owner(session_id)
-    finally:
-        store.close()
-    assert found is not None
-    return int(found[0].removeprefix("node"))
 
 
 def lost_bytes(f: Fleet, session_id: str, sent: bytes) -> tuple[int, bool]:
@@ -88,7 +71,7 @@ async def kills(f: Fleet, n: int, at_s: float) -> dict[str, Any]:
     pcm, ref = speech()
     rows = []
     for k in range(n):
-        c = client(f.url)
+        c = f.client()
         await c.open()
         sid = c.session["id"]
         killed: dict[str, Any] = {}
@@ -98,7 +81,7 @@ async def kills(f: Fleet, n: int, at_s: float) -> dict[str, Any]:
             source: str, sample: int, now: float, sid: str = sid, at: int = at, killed: dict[str, Any] = killed
         ) -> None:
             if not killed and sample >= at:
-                killed["node"] = owner(f, sid)
+                killed["node"] = f.owner(sid)
                 f.kill(killed["node"])
 
         view = await transcribe_resilient(c, {"mic": pcm}, on_chunk=on_chunk)
@@ -135,7 +118,7 @@ async def rolling(f: Fleet, sessions: int) -> dict[str, Any]:
     pcm, ref = speech()
     pcm = pcm + pcm  # ~70 s: room for three nodes to restart in turn
     ref = ref + " " + ref
-    clients = [client(f.url) for _ in range(sessions)]
+    clients = [f.client() for _ in range(sessions)]
     for c in clients:
         await c.open()
     per_node: list[dict[str, float]] = []

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from echopanel.client.resilient import ResilientClient
+from echopanel.flow.breaker import BreakerSettings
 from echopanel.testing.postgres import fresh_database, postgres_server
 from echopanel.testing.server import CHECKOUT, ServerProcess, free_port, start_server
 
@@ -85,6 +87,30 @@ class Fleet:
         took = time.monotonic() - started
         self._close(i)
         return took
+
+    def owner(self, session_id: str) -> int:
+        """The index of the node that owns ``session_id`` now (read from the store)."""
+        from echopanel.storage.postgres import PostgresStore
+
+        store = PostgresStore(self.store)
+        try:
+            found = store.owner(session_id)
+        finally:
+            store.close()
+        if found is None:
+            raise LookupError(f"no session {session_id} in the store")
+        return int(found[0].removeprefix("node"))
+
+    def client(self, url: str | None = None, sources: Sequence[str] = ("mic",)) -> ResilientClient:
+        """The project's resilient client, reconnecting fast and never giving up (a fleet test's outages are many
+        and short), to the balancer or ``url``."""
+        return ResilientClient(
+            url or self.url,
+            sources=list(sources),
+            backoff_base_s=0.05,
+            backoff_max_s=0.5,
+            breaker=BreakerSettings(failure_threshold=10_000),
+        )
 
     def pause(self, i: int) -> None:
         os.kill(self.node(i).pid, signal.SIGSTOP)

@@ -19,9 +19,7 @@ import httpx
 import pytest
 
 from echopanel.audio.wav import read_pcm16
-from echopanel.client.resilient import ResilientClient
 from echopanel.client.stream import transcribe_resilient
-from echopanel.flow.breaker import BreakerSettings
 from echopanel.storage.postgres import PostgresStore
 from echopanel.testing.fleet import Fleet, fleet
 from echopanel.testing.proxy import ChaosProxy
@@ -37,7 +35,6 @@ STEMS = [
     "sense_and_sensibility_01_austen_64kb-0920",
     "sense_and_sensibility_01_austen_64kb-0930",
 ]
-LENIENT = BreakerSettings(failure_threshold=10_000)  # a fleet test's outages must not open the client's breaker
 
 
 def speech() -> tuple[bytes, str]:
@@ -58,20 +55,6 @@ def fleet3(three: Fleet) -> Iterator[Fleet]:
     for i, node in enumerate(three.nodes):  # a test that killed or stopped a node leaves the fleet whole again
         if node is None:
             three.restart(i)
-
-
-def client(url: str) -> ResilientClient:
-    return ResilientClient(url, sources=["mic"], backoff_base_s=0.05, backoff_max_s=0.5, breaker=LENIENT)
-
-
-def owner(f: Fleet, session_id: str) -> int:
-    store = PostgresStore(f.store)
-    try:
-        found = store.owner(session_id)
-    finally:
-        store.close()
-    assert found is not None
-    return int(found[0].removeprefix("node"))
 
 
 async def stored(f: Fleet, session_id: str) -> dict[str, Any]:
@@ -103,20 +86,20 @@ async def test_a_session_goes_on_when_its_node_is_killed_mid_speech(fleet3: Flee
     f = fleet3
     pcm, ref = speech()
 
-    uncut = client(f.url)
+    uncut = f.client()
     await uncut.open()
     view = await transcribe_resilient(uncut, {"mic": pcm})
     assert view.summary is not None
     base = check_whole(f, uncut.session["id"], await stored(f, uncut.session["id"]), pcm, ref, 0.15)
 
-    c = client(f.url)
+    c = f.client()
     await c.open()
     sid = c.session["id"]
     killed: dict[str, Any] = {}
 
     def on_chunk(source: str, sample: int, now: float) -> None:
         if not killed and sample >= 14 * RATE:  # mid-speech: inside the third sentence
-            killed["node"] = owner(f, sid)
+            killed["node"] = f.owner(sid)
             f.kill(killed["node"])
             killed["at"] = now
 
@@ -124,7 +107,7 @@ async def test_a_session_goes_on_when_its_node_is_killed_mid_speech(fleet3: Flee
     assert killed and c.stats.resumes >= 1
     assert view.summary is not None and view.summary["status"] == "completed"
     assert not view.violations, view.violations
-    assert owner(f, sid) != killed["node"]
+    assert f.owner(sid) != killed["node"]
     score = check_whole(f, sid, await stored(f, sid), pcm, ref, max(0.15, base + 0.05))
     print(f"node kill: resumed in {c.stats.resume_s} s, WER {score:.3f} (uncut {base:.3f})")
 
@@ -139,7 +122,7 @@ async def test_twenty_random_cuts_with_nothing_sticky(fleet3: Fleet) -> None:
     duration = len(pcm) / 2 / RATE
     cuts_at = sorted(rng.uniform(1.0, duration - 1.0) for _ in range(20))
     try:
-        c = client(proxy.url(f.url))
+        c = f.client(proxy.url(f.url))
         await c.open()
         sid = c.session["id"]
         owners: set[int] = set()
@@ -148,7 +131,7 @@ async def test_twenty_random_cuts_with_nothing_sticky(fleet3: Fleet) -> None:
             t0 = time.monotonic()
             for at in cuts_at:
                 await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
-                owners.add(owner(f, sid))
+                owners.add(f.owner(sid))
                 proxy.cut()
 
         task = asyncio.create_task(cutter())
@@ -184,7 +167,7 @@ async def test_a_rolling_restart_under_four_live_sessions_loses_nothing(fleet3: 
     clients resume on the others, every session completes with its whole recording."""
     f = fleet3
     pcm, ref = speech()
-    clients = [client(f.url) for _ in range(4)]
+    clients = [f.client() for _ in range(4)]
     for c in clients:
         await c.open()
     took: list[float] = []
@@ -215,14 +198,14 @@ async def test_a_hung_node_cannot_write_to_the_session_it_lost(fleet3: Fleet) ->
     proxy = ChaosProxy("127.0.0.1", f.front_port)
     await proxy.start()
     try:
-        c = client(proxy.url(f.url))
+        c = f.client(proxy.url(f.url))
         await c.open()
         sid = c.session["id"]
         hung: dict[str, Any] = {}
 
         def on_chunk(source: str, sample: int, now: float) -> None:
             if not hung and sample >= 10 * RATE:
-                hung["node"] = owner(f, sid)
+                hung["node"] = f.owner(sid)
                 f.pause(hung["node"])
                 proxy.cut()  # its client's connection is gone too (a partition)
 
@@ -256,14 +239,14 @@ async def test_the_fleet_refuses_session_n_plus_1_and_bare_sockets_hold_no_slot(
 
     with fleet(2, tmp_path, store=pg_url, env={"ECHOPANEL_MAX_SESSIONS": "2"}) as f:
         bare = [await connect(f.url, open_timeout=5) for _ in range(6)]  # never send session.create
-        live = [client(f.url) for _ in range(4)]
+        live = [f.client() for _ in range(4)]
         for c in live:
             await c.open()
         with pytest.raises(InvalidStatus) as refused:
             await connect(f.url, open_timeout=10)
         assert refused.value.response.status_code == 503
         await live[0].close()
-        extra = client(f.url)
+        extra = f.client()
         await extra.open()  # the freed slot takes it
         for c in [*live[1:], extra]:
             await c.close()
@@ -278,17 +261,17 @@ async def test_a_fleet_wide_limit_below_the_nodes_limits_holds_across_nodes(tmp_
 
     env = {"ECHOPANEL_MAX_SESSIONS": "4", "ECHOPANEL_FLEET_MAX_SESSIONS": "3"}
     with fleet(2, tmp_path, store=pg_url, env=env) as f:
-        live = [client(f.url) for _ in range(3)]
+        live = [f.client() for _ in range(3)]
         for c in live:
             await c.open()
-        spread = {owner(f, c.session["id"]) for c in live}
+        spread = {f.owner(c.session["id"]) for c in live}
         assert spread == {0, 1}  # leastconn put them on both nodes: the limit is the fleet's, not a node's
         with pytest.raises(ServerError) as refused:
-            await client(f.url).open()
+            await f.client().open()
         assert refused.value.code == "server_full"
         await live[0].close()
         await asyncio.sleep(0.5)  # the slot is freed by a store write after the close
-        extra = client(f.url)
+        extra = f.client()
         await extra.open()
         for c in [*live[1:], extra]:
             await c.close()

@@ -275,3 +275,35 @@ async def test_a_fleet_wide_limit_below_the_nodes_limits_holds_across_nodes(tmp_
         await extra.open()
         for c in [*live[1:], extra]:
             await c.close()
+
+
+async def test_a_resume_elsewhere_while_the_session_runs_with_its_client_is_refused_as_busy(fleet3: Fleet) -> None:
+    """The session's node is alive and its client still attached: another node does not take it over (that would
+    split it in two) but answers session_busy and closes 1013; the session goes on where it was."""
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    f = fleet3
+    pcm, _ = speech()
+    c = f.client()
+    await c.open()
+    sid, token = c.session["id"], c.session["resume_token"]
+    await c.send_audio("mic", pcm[: 2 * RATE * 3])
+    home = f.owner(sid)
+    other = next(i for i in range(3) if i != home)
+    started = time.monotonic()
+    async with connect(f"ws://127.0.0.1:{f.ports[other]}/v1/live") as ws:
+        await ws.send(json.dumps({"type": "session.create", "resume": {"session_id": sid, "resume_token": token}}))
+        answer = json.loads(await ws.recv())
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    waited = time.monotonic() - started
+    assert answer["type"] == "error" and answer["code"] == "session_busy", answer
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert waited >= 2.5  # it waited for the owner to let go first (TAKEOVER_WAIT_S)
+    assert f.owner(sid) == home
+    await c.send_audio("mic", pcm[2 * RATE * 3 :])
+    summary = await c.close()
+    assert summary is not None and summary.get("status") == "completed"

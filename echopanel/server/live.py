@@ -175,14 +175,22 @@ class LiveConnection(DialectConnection):
             self.lease = None
             return None
         handoff = carried.handoff
-        session = self.new_session(
-            sources=list(handoff.sources),
-            sample_rate=handoff.sample_rate,
-            turn_detection=bool(handoff.extra.get("turn_detection", True)),
-            language=handoff.language,
-            overflow=handoff.extra.get("overflow"),
-            carried=carried,
-        )
+        try:
+            session = self.new_session(
+                sources=list(handoff.sources),
+                sample_rate=handoff.sample_rate,
+                turn_detection=bool(handoff.extra.get("turn_detection", True)),
+                language=handoff.language,
+                overflow=handoff.extra.get("overflow"),
+                carried=carried,
+            )
+        except Exception:
+            # Taken over but not rebuilt (its recordings unreadable here, say): leave it takeable for another try.
+            log.exception("session %s: could not go on with it on this node", command.session_id)
+            await store.write(store.store.set_detached, command.session_id, time.time())
+            self.lease.release()
+            self.lease = None
+            return None
         entry = self.registry.register(session, session.info(), self)
         self.registry.adopted(entry)
         return entry

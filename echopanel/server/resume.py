@@ -256,7 +256,10 @@ class ResumeRegistry:
             if time.monotonic() >= deadline:
                 raise Busy(session_id)
             await asyncio.sleep(0.1)
-        epoch = await store.write(store.store.take_over, session_id)
+        try:
+            epoch = await store.write(store.store.take_over, session_id)
+        except LookupError:  # it ended meanwhile (its node finalized it)
+            return None
         items = await store.read(store.store.items, session_id)
         log.info("session %s taken over at epoch %d (%d stored items)", session_id, epoch, len(items))
         return Carried(session_id, token, handoff.created_at, epoch, tuple(items), handoff)

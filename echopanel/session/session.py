@@ -267,8 +267,13 @@ class Session:
         return self.sources[source].recording.samples * 1000 / self.sample_rate
 
     def at_pause(self) -> bool:
-        """No source is inside an utterance (a drain hands the session off here)."""
-        return all(not state.onsets for state in self.sources.values())
+        """No source is inside an utterance, nor holds more than 250 ms of audio not yet fed to its recognizer (a
+        drain hands the session off here)."""
+        backlog = self.sample_rate // 4
+        return all(
+            not s.onsets and (not s.live or s.recording.samples - s.fed_samples <= backlog)
+            for s in self.sources.values()
+        )
 
     def note_detached(self, at: float | None) -> None:
         """Its client dropped (at ``at``, unix s) or came back (None): recorded in the store, for other nodes."""

@@ -30,7 +30,7 @@ from echopanel.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from echopanel.server import memory
 from echopanel.server.context import ServerContext
 from echopanel.session.finalize import finalize
-from echopanel.session.outbox import Barrier, Outbox, discard
+from echopanel.session.outbox import Barrier, Outbox, discarding
 from echopanel.session.session import Session
 
 log = logging.getLogger(__name__)
@@ -277,14 +277,11 @@ class DialectConnection(ABC):
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
-        sink = asyncio.create_task(discard(self.outbox), name="discard")
         try:
-            await finalize(self.session, status)
+            async with discarding(self.outbox):
+                await finalize(self.session, status)
         except Exception:
             log.exception("session %s: finalization after disconnect failed", self.session.id)
-        finally:
-            sink.cancel()
-            await asyncio.gather(sink, return_exceptions=True)
 
     async def hand_off(self, pause_wait_s: float) -> None:
         """The node drains: at the session's next pause between utterances (at most ``pause_wait_s`` from now), close
@@ -295,8 +292,13 @@ class DialectConnection(ABC):
         while self.session is not None and not self.session.at_pause() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         self.handing_off = True
+        await self.close_and_stop(CloseCode.SERVICE_RESTART, "node draining")
+
+    async def close_and_stop(self, code: int, reason: str) -> None:
+        """Close the socket from the server side (waiting at most 1 s for the peer) and stop the reader loop; the
+        caller has set the flag that tells ``run`` why (slow client, failed, evicted, handing off)."""
         try:
-            await asyncio.wait_for(self.ws.close(CloseCode.SERVICE_RESTART, reason="node draining"), 1.0)
+            await asyncio.wait_for(self.ws.close(code, reason=reason), 1.0)
         except (TimeoutError, RuntimeError, OSError):
             pass
         if self._reader is not None:
@@ -306,22 +308,12 @@ class DialectConnection(ABC):
         """The client has taken no event for ``send_timeout_s``: disconnect instead of buffering without end."""
         log.warning("client not reading for %.0f s: disconnecting", self.settings.send_timeout_s)
         self.slow_client = True
-        try:
-            await asyncio.wait_for(self.ws.close(CloseCode.POLICY, reason="client not reading"), 1.0)
-        except (TimeoutError, RuntimeError, OSError):
-            pass
-        if self._reader is not None:
-            self._reader.cancel()
+        await self.close_and_stop(CloseCode.POLICY, "client not reading")
 
     async def _fatal(self) -> None:
         """An internal error was sent: close (1011); the session is finalized as interrupted."""
         self.failed = True
-        try:
-            await asyncio.wait_for(self.ws.close(CloseCode.SERVER_ERROR, reason="internal error"), 1.0)
-        except (TimeoutError, RuntimeError, OSError):
-            pass
-        if self._reader is not None:
-            self._reader.cancel()
+        await self.close_and_stop(CloseCode.SERVER_ERROR, "internal error")
 
     async def _send_loop(self) -> None:
         while True:

@@ -24,7 +24,7 @@ from echopanel.server.context import ServerContext
 from echopanel.server.endpoint import dialect_endpoint
 from echopanel.server.resume import Busy, Resumable, shares_sessions
 from echopanel.session.finalize import finalize
-from echopanel.session.outbox import OutboxItem, discard
+from echopanel.session.outbox import OutboxItem, discarding
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +252,11 @@ class LiveConnection(DialectConnection):
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
-        sink = asyncio.create_task(discard(self.outbox), name="discard")
         try:
-            await asyncio.wait_for(session.flush(), 5.0)
+            async with discarding(self.outbox):
+                await asyncio.wait_for(session.flush(), 5.0)
         except TimeoutError:
             log.warning("session %s: flush took over 5 s while handing it off", session.id)
-        finally:
-            sink.cancel()
-            await asyncio.gather(sink, return_exceptions=True)
         assert session.store is not None
         await session.ledger.write(session.store.store.set_detached, session.id, time.time())
         self.registry.forget(entry)
@@ -268,12 +265,7 @@ class LiveConnection(DialectConnection):
     async def evict(self) -> None:
         """The session was resumed on another connection while this one still held it (a half-dead socket)."""
         self.evicted = True
-        try:
-            await asyncio.wait_for(self.ws.close(CloseCode.RESUMED_ELSEWHERE, reason="session resumed elsewhere"), 1.0)
-        except (TimeoutError, RuntimeError, OSError):
-            pass
-        if self._reader is not None:
-            self._reader.cancel()
+        await self.close_and_stop(CloseCode.RESUMED_ELSEWHERE, "session resumed elsewhere")
 
     async def on_idle(self) -> None:
         message = f"no message for {self.settings.idle_timeout_s:.0f} s; the session is finalized and closed"

@@ -30,7 +30,7 @@ from echopanel.server import memory
 from echopanel.server.controller import FlowController
 from echopanel.session.carried import Carried, token_hash
 from echopanel.session.finalize import finalize
-from echopanel.session.outbox import Outbox, discard
+from echopanel.session.outbox import Outbox, discarding
 from echopanel.session.session import Session
 from echopanel.storage.store import AsyncStore
 
@@ -164,14 +164,12 @@ class ResumeRegistry:
             return
         if self.metrics is not None:
             self.metrics.sessions_interrupted.inc()
-        sink = asyncio.create_task(discard(entry.outbox), name="discard")
         try:
-            await finalize(session, "interrupted")
+            async with discarding(entry.outbox):
+                await finalize(session, "interrupted")
         except Exception:
             log.exception("session %s: finalization after the grace period failed", session.id)
         finally:
-            sink.cancel()
-            await asyncio.gather(sink, return_exceptions=True)
             await self._let_go(entry)
 
     async def let_go_detached(self) -> None:
@@ -180,17 +178,14 @@ class ResumeRegistry:
         for entry in [e for e in self.entries.values() if e.connection is None and not e.finished]:
             entry.finished = True
             session = entry.session
-            sink = asyncio.create_task(discard(entry.outbox), name="discard")
             try:
-                if shares_sessions(session):
-                    await asyncio.wait_for(session.flush(), 5.0)
-                else:
-                    await finalize(session, "interrupted")
+                async with discarding(entry.outbox):
+                    if shares_sessions(session):
+                        await asyncio.wait_for(session.flush(), 5.0)
+                    else:
+                        await finalize(session, "interrupted")
             except Exception:
                 log.warning("session %s: could not flush it while draining", session.id, exc_info=True)
-            finally:
-                sink.cancel()
-                await asyncio.gather(sink, return_exceptions=True)
             await self._let_go(entry)
 
     async def _let_go(self, entry: Resumable) -> None:

@@ -22,8 +22,10 @@ A sender that fails to write an item puts it back at the front (``put_front``), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from echopanel.events import Backpressure, Degraded, ServerEvent, SessionMetrics, SourceEvent, TextDelta
@@ -200,3 +202,15 @@ async def discard(outbox: Outbox) -> None:
         item = await outbox.get()
         if isinstance(item, Barrier) and not item.done.done():
             item.done.set_result(None)
+
+
+@contextlib.asynccontextmanager
+async def discarding(outbox: Outbox) -> AsyncIterator[None]:
+    """While the block runs nobody reads ``outbox``: it is emptied as it fills (``discard``), so the block (a
+    finalization, a flush) never waits on the outbox's bound."""
+    sink = asyncio.create_task(discard(outbox), name="discard")
+    try:
+        yield
+    finally:
+        sink.cancel()
+        await asyncio.gather(sink, return_exceptions=True)

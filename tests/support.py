@@ -90,3 +90,22 @@ def speech_wav(path: Path, stems: list[str], *, lead_s: float = 1.0, gap_s: floa
     sf.write(str(path), np.concatenate(parts), rate, subtype="PCM_16")
     refs = librivox_refs()
     return " ".join(refs[stem] for stem in stems)
+
+
+NAMES = FIXTURES / "names"
+# The rare names and jargon that tests/fixtures/audio/names says (synthetic speech, espeak-ng).
+KEYTERMS = (
+    "Ragnhild", "Okonkwo", "Zyxel", "Szczepanski", "Thorvaldsen", "Siobhan", "Grafana", "Nguyen", "Kubernetes",
+    "Ingeborg", "Reykjavik",
+)  # fmt: skip
+
+
+def names_refs() -> dict[str, str]:
+    rows = (line.split("\t", 1) for line in (NAMES / "transcription.tsv").read_text().splitlines() if line)
+    return {stem: text for stem, text in rows}
+
+
+def names_found(text: str, terms: tuple[str, ...] = KEYTERMS) -> set[str]:
+    """The keyterms ``text`` spells exactly (case-insensitive, whole words)."""
+    words = set(normalize(text).split())
+    return {t for t in terms if normalize(t) in words}

@@ -13,16 +13,22 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from echopanel.events import EngineEvent
+from echopanel.recognizer.replace import MAX_KEY_WORDS, MAX_REPLACE_CHARS, MAX_REPLACEMENTS, Replacements, key_words
 from echopanel.recognizer.types import DecodePolicy, StreamOptions, TurnSettings
 
 __all__ = [
+    "MAX_KEY_WORDS",
+    "MAX_REPLACEMENTS",
+    "MAX_REPLACE_CHARS",
     "DecodePolicy",
     "EngineCapabilities",
     "EngineStatus",
+    "Replacements",
     "SpeechEngine",
     "SpeechStream",
     "StreamOptions",
     "TurnSettings",
+    "key_words",
 ]
 
 
@@ -88,6 +94,12 @@ class SpeechStream(Protocol):
 
     def set_agreement(self, decodes: int) -> None:
         """From the next utterance on, how many consecutive decodes must agree before words are stable."""
+
+    def set_replacements(self, rules: Replacements) -> None:
+        """From the next utterance on, the client's replacement list (recognizer/replace.py)."""
+
+    def set_partials(self, on: bool) -> None:
+        """Partial results on or off from the next decode on (finals are never off)."""
 
     async def clear(self, skip: int = 0) -> None:
         """Drop the open utterance without transcribing it; then move the clock over ``skip`` samples (engine rate)

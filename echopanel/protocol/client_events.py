@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from echopanel.engines.base import MAX_KEY_WORDS, MAX_REPLACE_CHARS, MAX_REPLACEMENTS, key_words
+from echopanel.protocol.commands import MAX_KEYTERM_CHARS, MAX_KEYTERMS
 from echopanel.protocol.errors import ErrorCode, ProtocolError, load_event
 
 SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
@@ -18,11 +20,52 @@ class _Event(BaseModel):
 
 
 class TurnDetection(BaseModel):
+    """Server voice-activity turn detection; null instead of this object: the client ends turns (commit)."""
+
     model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["server_vad"] = "server_vad"
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # speech probability that counts as speech
+    silence_duration_ms: Annotated[int, Field(ge=100, le=5000)] | None = None  # silence that ends a turn
+    prefix_padding_ms: Annotated[int, Field(ge=0, le=2000)] | None = None  # audio kept before the onset
 
 
-class SessionConfig(BaseModel):
+def _keyterms(value: list[str]) -> list[str]:
+    terms = [t.strip() for t in value]
+    if len(terms) > MAX_KEYTERMS or any(not t or len(t) > MAX_KEYTERM_CHARS for t in terms):
+        raise ValueError(f"at most {MAX_KEYTERMS} non-empty strings of at most {MAX_KEYTERM_CHARS} characters")
+    return list(dict.fromkeys(terms))
+
+
+def _replace(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_REPLACEMENTS:
+        raise ValueError(f"at most {MAX_REPLACEMENTS} replacements")
+    for key, to in value.items():
+        if len(key) > MAX_REPLACE_CHARS or len(to) > MAX_REPLACE_CHARS or not to.strip():
+            raise ValueError(f"keys and values are non-empty strings of at most {MAX_REPLACE_CHARS} characters")
+        if not 1 <= len(key_words(key)) <= MAX_KEY_WORDS:
+            raise ValueError(f"a key is 1 to {MAX_KEY_WORDS} words: {key!r}")
+    return value
+
+
+class _Tunable(BaseModel):
+    """Settings both ``session.create`` and ``session.update`` take (docs/protocol.md "Keyterms and replacements")."""
+
+    keyterms: list[str] | None = None  # names and jargon the decoder should expect
+    replace: dict[str, str] | None = None  # heard -> written, applied to finals and stable deltas
+    partials: bool | None = None  # false: finals only
+
+    @field_validator("keyterms")
+    @classmethod
+    def _terms(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _keyterms(value)
+
+    @field_validator("replace")
+    @classmethod
+    def _rules(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else _replace(value)
+
+
+class SessionConfig(_Tunable):
     model_config = ConfigDict(extra="ignore", strict=True)
     sources: list[str] = Field(default_factory=lambda: ["mic", "system"], min_length=1)
     sample_rate: int = 16000
@@ -42,11 +85,12 @@ class SessionConfig(BaseModel):
         return value
 
 
-class SessionUpdateConfig(BaseModel):
-    """What may change mid-session (sources and sample rate are fixed at creation)."""
+class SessionUpdateConfig(_Tunable):
+    """What may change mid-session (sources and sample rate are fixed at creation); a field left out stays."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     language: str | None = None
+    turn_detection: TurnDetection | None = None  # present and null: the client ends turns from now on
 
 
 class Resume(BaseModel):

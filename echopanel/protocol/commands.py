@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from echopanel.engines.base import TurnSettings
+from echopanel.engines.base import Replacements, TurnSettings
 
 # Keyterms (OpenAI ``keywords``, Deepgram ``keyterm``): how many, how long, and the one way they reach the decoder.
 MAX_KEYTERMS = 50
@@ -30,6 +30,7 @@ class CreateSession:
     turn_detection: bool
     overflow: str | None  # None: the server's default
     event_id: str | None = None
+    settings: UpdateSession | None = None  # further settings of session.create, applied as by session.update
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,6 +81,8 @@ class UpdateSession:
     turns: TurnSettings | None = None
     prompt: str | None = None
     agreement: int | None = None  # decodes that must agree before text is stable (OpenAI ``delay``)
+    replacements: Replacements | None = None  # the client's replacement list (recognizer/replace.py)
+    partials: bool | None = None
     event_id: str | None = None
 
 

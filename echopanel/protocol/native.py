@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from echopanel.audio.convert import SUPPORTED_RATES
+from echopanel.engines.base import Replacements, TurnSettings
 from echopanel.events import (
     AudioCleared,
     Backpressure,
@@ -44,6 +46,8 @@ from echopanel.protocol import commands as cmd
 from echopanel.protocol.errors import ErrorCode, ProtocolError
 from echopanel.protocol.frames import decode_frame
 
+DEFAULT_TURNS = TurnSettings(threshold=0.5, silence_duration_ms=300, prefix_padding_ms=300)
+
 
 @dataclass(frozen=True)
 class NativeLimits:
@@ -51,12 +55,14 @@ class NativeLimits:
 
     languages: tuple[str, ...] = ("en",)
     max_sources: int = 4
+    turns: TurnSettings = DEFAULT_TURNS  # the server's turn detection, echoed until a client changes it
 
 
 class NativeCodec:
     def __init__(self, limits: NativeLimits | None = None) -> None:
         self.limits = limits or NativeLimits()
         self.sources: tuple[str, ...] | None = None  # the bound session's sources
+        self.settings: dict[str, Any] = self.defaults()  # what session.updated echoes as in effect
 
     def bind(self, sources: tuple[str, ...] | list[str]) -> None:
         """A session now runs on this connection (created or resumed)."""
@@ -125,10 +131,22 @@ class NativeCodec:
             raise ProtocolError(
                 ErrorCode.INVALID_EVENT, f"at most {self.limits.max_sources} sources", param="session.sources"
             )
+        self.settings = {**self.defaults(), "language": cfg.language}
+        td = cfg.turn_detection
+        if td is None:
+            self.settings["turn_detection"] = None  # (CreateSession.turn_detection says so)
+        settings = self._tune(cfg, td, td is not None and bool(td.model_dump(exclude_none=True, exclude={"type"})))
         return cmd.CreateSession(
             tuple(cfg.sources), cfg.sample_rate, cfg.language, cfg.turn_detection is not None, cfg.overflow,
-            event.event_id,
+            event.event_id, settings if settings != cmd.UpdateSession() else None,
         )  # fmt: skip
+
+    def defaults(self) -> dict[str, Any]:
+        """The settings ``session.updated`` echoes, as a session starts."""
+        t = self.limits.turns
+        turns = {"type": "server_vad", "threshold": t.threshold, "silence_duration_ms": t.silence_duration_ms}
+        turns["prefix_padding_ms"] = t.prefix_padding_ms
+        return {"language": "en", "keyterms": [], "replace": {}, "partials": True, "turn_detection": turns}
 
     def _update(self, event: ce.SessionUpdate) -> cmd.UpdateSession:
         try:
@@ -139,7 +157,31 @@ class NativeCodec:
             raise ProtocolError(ErrorCode.INVALID_UPDATE, f"{param}: {err['msg']}", param=param) from None
         if update.language is not None:
             self._check_language(update.language)
-        return cmd.UpdateSession(language=update.language, event_id=event.event_id)
+            self.settings["language"] = update.language
+        tuned = self._tune(update, update.turn_detection, "turn_detection" in update.model_fields_set)
+        return dataclasses.replace(tuned, language=update.language, event_id=event.event_id)
+
+    def _tune(self, cfg: Any, turns: ce.TurnDetection | None, turns_given: bool) -> cmd.UpdateSession:
+        """Keyterms, replacements, partials and turn detection of a create or an update, and what is now in effect."""
+        out: dict[str, Any] = {}
+        if cfg.keyterms is not None:
+            self.settings["keyterms"] = cfg.keyterms
+            out["prompt"] = cmd.glossary(tuple(cfg.keyterms))
+        if cfg.replace is not None:
+            self.settings["replace"] = cfg.replace
+            out["replacements"] = Replacements.of(cfg.replace)
+        if cfg.partials is not None:
+            self.settings["partials"] = out["partials"] = cfg.partials
+        if turns_given:
+            if turns is None:
+                self.settings["turn_detection"] = None
+                out["turns"] = TurnSettings(enabled=False)
+            else:
+                now = self.settings["turn_detection"] or self.defaults()["turn_detection"]
+                given = turns.model_dump(exclude_none=True, exclude={"type"})
+                self.settings["turn_detection"] = {**now, **given}
+                out["turns"] = TurnSettings(enabled=True, **given)
+        return cmd.UpdateSession(**out)
 
     def _check_language(self, language: str) -> None:
         if language not in self.limits.languages:
@@ -212,7 +254,8 @@ class NativeCodec:
                     out["partials_reset"] = True
             return [_with_id(out, event.event_id)]
         if isinstance(event, SessionUpdated):
-            updated = {"type": "session.updated", "session": {"id": event.session_id, "language": event.language}}
+            session = {**self.settings, "id": event.session_id, "language": event.language}
+            updated = {"type": "session.updated", "session": session}
             return [_with_id(updated, event.event_id)]
         if isinstance(event, AudioCleared):
             return [_with_id({"type": "input_audio_buffer.cleared", "source": event.source}, event.event_id)]

@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from echopanel.events import (
 from echopanel.inference.jobs import Decoded, Decoder, DecodeRequest, DecodeRunner, ScheduledDecoder
 from echopanel.inference.scheduler import InferenceScheduler
 from echopanel.recognizer.agreement import LocalAgreement
+from echopanel.recognizer.replace import NO_REPLACEMENTS, Replacements, Rewriter
 from echopanel.recognizer.segmenter import Closed, Opened, Utterance, UtteranceSegmenter
 from echopanel.recognizer.text import after_prefix, assemble_final
 from echopanel.recognizer.types import DecodePolicy, StreamOptions, TurnSettings
@@ -56,6 +57,7 @@ class _Item:
     compute_s: float = 0.0
     response_ids: list[str | None] = field(default_factory=list)
     cut: bool = False  # began while speech was going on at the end of a shed gap
+    rewriter: Rewriter = field(default_factory=Rewriter)  # the replacement list in effect when it began
 
 
 _END = object()
@@ -115,6 +117,7 @@ class VadStreamingRecognizer:
         self._context = ""
         self._prompt = options.prompt
         self._agree = options.agreement
+        self._replace = NO_REPLACEMENTS
         self._language = options.language
         self._gap_end: int | None = None
         self._events: asyncio.Queue[object] = asyncio.Queue(settings.event_queue_size)
@@ -186,11 +189,7 @@ class VadStreamingRecognizer:
             if cut is not None:
                 # The gap cut this utterance: close it with the stable text already sent, undecoded; the session
                 # transcribes the whole utterance again from the recording.
-                item = (
-                    open_item
-                    if open_item is not None and open_item.utt is cut
-                    else _Item(cut, LocalAgreement(self._agree))
-                )
+                item = open_item if open_item is not None and open_item.utt is cut else self._new_item(cut)
                 self._open = None
                 if self._partial_job is not None and not self._partial_job.done():
                     self._partial_job.cancel()
@@ -216,6 +215,15 @@ class VadStreamingRecognizer:
 
     def set_agreement(self, decodes: int) -> None:
         self._agree = decodes
+
+    def _new_item(self, utt: Utterance) -> _Item:
+        return _Item(utt, LocalAgreement(self._agree), rewriter=Rewriter(self._replace))
+
+    def set_replacements(self, rules: Replacements) -> None:
+        self._replace = rules
+
+    def set_partials(self, on: bool) -> None:
+        self._options = replace(self._options, partials=on)
 
     async def clear(self, skip: int = 0) -> None:
         async with self._lock:
@@ -290,16 +298,14 @@ class VadStreamingRecognizer:
     async def _on_segment(self, ev: Opened | Closed) -> None:
         utt = ev.utterance
         if isinstance(ev, Opened):
-            self._open = _Item(utt, LocalAgreement(self._agree))
+            self._open = self._new_item(utt)
             if self._gap_end is not None:
                 # Speech already going on when a shed gap ended: this utterance starts mid-phrase.
                 self._open.cut = utt.onset - self._gap_end <= 3 * WINDOW
                 self._gap_end = None
             await self._emit(SpeechStarted(utt.item, utt.onset // self._ms, utt.audio_start // self._ms))
             return
-        item = (
-            self._open if self._open is not None and self._open.utt is utt else _Item(utt, LocalAgreement(self._agree))
-        )
+        item = self._open if self._open is not None and self._open.utt is utt else self._new_item(utt)
         self._open = None
         if self._partial_job is not None and not self._partial_job.done():
             self._partial_job.cancel()  # not started yet: the final supersedes it
@@ -379,8 +385,8 @@ class VadStreamingRecognizer:
             item.agreement.observe(hyp)
             delta = ""
         else:
-            delta = item.agreement.update(hyp)
-        tentative = item.agreement.tentative_text
+            delta = item.rewriter.stable(item.agreement.update(hyp))
+        tentative = item.rewriter.tentative(item.agreement.tentative_text)
         rid = response_ids[-1] if response_ids else None
         if delta or tentative != item.last_tentative or rid is not None:
             item.last_tentative = tentative
@@ -423,9 +429,11 @@ class VadStreamingRecognizer:
         self._account(item, result.compute_s, len(audio))
         base_ms = utt.audio_start // self._ms
         voiced_ms = utt.last_voiced // self._ms - base_ms
-        text, kept = assemble_final(result.value, prefix, len(item.agreement.stable), voiced_ms)
-        delta = text[len(prefix) :]
+        stable_words = len(item.agreement.stable)
+        text, kept = assemble_final(result.value, prefix, stable_words, voiced_ms, prompted=bool(self._prompt))
         words = tuple(Word(w.text.strip(), base_ms + w.start_ms, base_ms + w.end_ms, w.confidence) for w in kept)
+        text, words = item.rewriter.final(text, words)
+        delta = text[len(item.rewriter.sent) :]
         start_ms = words[0].start_ms if words else utt.onset // self._ms
         end_ms = words[-1].end_ms if words else (utt.end or utt.onset) // self._ms
         if delta or item.last_tentative:

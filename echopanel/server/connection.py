@@ -195,21 +195,32 @@ class DialectConnection(ABC):
                 for source in command.sources:
                     await session.request(source, command.event_id)
             elif isinstance(command, cmd.UpdateSession):
-                for source in session.source_names:
-                    if command.turns is not None:
-                        await session.configure(source, command.turns)
-                    if command.prompt is not None:
-                        session.set_prompt(source, command.prompt)
-                    if command.agreement is not None:
-                        session.set_agreement(source, command.agreement)
-                if command.language is not None:
-                    session.set_language(command.language)
+                await self.update_session(session, command)
                 await self.outbox.put(SessionUpdated(session.id, session.language, command.event_id))
         except MarkersFull as exc:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_PENDING, f"{exc}; the event was not applied, retry when results arrive"
             ) from None
         return False
+
+    @staticmethod
+    async def update_session(session: Session, command: cmd.UpdateSession) -> None:
+        """Settings that change mid-session: turn detection in order with the audio, the rest from the next decode
+        or utterance on (docs/protocol.md "session.update")."""
+        for source in session.source_names:
+            stream = session.stream_of(source)
+            if command.turns is not None:
+                await session.configure(source, command.turns)
+            if command.prompt is not None:
+                stream.set_prompt(command.prompt)
+            if command.agreement is not None:
+                stream.set_agreement(command.agreement)
+            if command.replacements is not None:
+                stream.set_replacements(command.replacements)
+            if command.partials is not None:
+                stream.set_partials(command.partials)
+        if command.language is not None:
+            session.set_language(command.language)
 
     def trim_resent(self, source: str, pcm: bytes) -> bytes:
         """Audio a resuming client resends that the server already holds (native dialect)."""

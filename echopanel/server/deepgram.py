@@ -72,7 +72,7 @@ class DeepgramConnection(DialectConnection):
             if silence is not None and opts.turn_detection:
                 await session.configure(source, TurnSettings(silence_duration_ms=silence))
             if opts.keyterms:
-                session.set_prompt(source, cmd.glossary(opts.keyterms))
+                session.stream_of(source).set_prompt(cmd.glossary(opts.keyterms))
         self.dg.configured = opts.keyterms
         log.info("deepgram session %s created: sources=%s rate=%d", session.id, opts.sources, opts.sample_rate)
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 from starlette.websockets import WebSocket
 
+from echopanel.engines.base import TurnSettings
 from echopanel.events import ErrorEvent, ServerEvent, SessionCreated, SourceEvent, TextFinal
 from echopanel.flow.admission import Lease
 from echopanel.protocol import commands as cmd
@@ -44,7 +45,11 @@ class LiveConnection(DialectConnection):
 
     def __init__(self, ws: WebSocket, context: ServerContext, lease: Lease | None) -> None:
         caps = context.engine.capabilities
-        codec = NativeCodec(NativeLimits(languages=caps.languages, max_sources=context.settings.max_sources))
+        r = context.settings.recognizer
+        turns = TurnSettings(
+            threshold=r.vad_threshold, silence_duration_ms=r.hangover_ms, prefix_padding_ms=r.pre_roll_ms
+        )
+        codec = NativeCodec(NativeLimits(caps.languages, context.settings.max_sources, turns))
         super().__init__(ws, context, lease, codec)
         self.native = codec
         self.registry = context.registry
@@ -89,6 +94,8 @@ class LiveConnection(DialectConnection):
             overflow=command.overflow,
         )
         self.native.bind(session.source_names)
+        if command.settings is not None:
+            await self.update_session(session, command.settings)
         info = session.info()
         self.resumable = self.registry.register(session, info, self)
         self.leave_pending()

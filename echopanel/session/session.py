@@ -29,7 +29,7 @@ import numpy as np
 
 from echopanel.audio.convert import StreamResampler, pcm16_to_float
 from echopanel.config import Settings
-from echopanel.engines.base import SpeechEngine, StreamOptions, TurnSettings
+from echopanel.engines.base import SpeechEngine, SpeechStream, StreamOptions, TurnSettings
 from echopanel.events import (
     Degraded,
     ErrorEvent,
@@ -282,11 +282,9 @@ class Session:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def set_prompt(self, source: str, prompt: str) -> None:
-        self.sources[source].stream.set_prompt(prompt)
-
-    def set_agreement(self, source: str, decodes: int) -> None:
-        self.sources[source].stream.set_agreement(decodes)
+    def stream_of(self, source: str) -> SpeechStream:
+        """The recognizer of ``source``, for settings that change mid-session (prompt, agreement, replacements)."""
+        return self.sources[source].stream
 
     def set_language(self, language: str) -> None:
         """Every source decodes in ``language`` from its next decode on (the dialects check it is supported)."""

@@ -46,3 +46,38 @@ def test_dropping_never_removes_stable_text() -> None:
 
 def test_empty_decode_without_prefix_is_empty() -> None:
     assert assemble_final(Decoded("", ()), "", 0, voiced_end_ms=0)[0] == ""
+
+
+def scored(*spec: tuple[str, int, int, float]) -> tuple[Word, ...]:
+    return tuple(Word(t, s, e, c) for t, s, e, c in spec)
+
+
+# Measured with the keyterm glossary on the cards clips (voice ending at 1088 and 1504 ms).
+THANK = scored(
+    (" 10", 0, 500, 0.83), (" of", 500, 720, 0.91), (" close.", 720, 960, 0.75), (" Thank", 1040, 1260, 0.10)
+)
+WELL = scored((" of", 780, 1080, 0.93), (" clubs.", 1080, 1380, 0.78), (" We'll", 1380, 1640, 0.26))
+
+
+def test_with_a_prompt_the_unlikely_sign_off_at_the_voice_end_is_dropped() -> None:
+    text, _ = assemble_final(Decoded("", THANK), "", 0, voiced_end_ms=1088, prompted=True)
+    assert text == "10 of close."
+    text, _ = assemble_final(Decoded("", WELL), "", 0, voiced_end_ms=1504, prompted=True)
+    assert text == "of clubs."
+
+
+def test_without_a_prompt_those_words_stay() -> None:
+    text, _ = assemble_final(Decoded("", WELL), "", 0, voiced_end_ms=1504)
+    assert text == "of clubs. We'll"
+
+
+def test_with_a_prompt_a_real_last_word_stays_even_when_unsure() -> None:
+    # "before noon" heard as "before you...": it began 384 ms before the voice ended and scored 0.49
+    real = scored((" before", 2860, 3360, 0.94), (" you...", 3360, 3900, 0.49))
+    text, _ = assemble_final(Decoded("", real), "", 0, voiced_end_ms=3744, prompted=True)
+    assert text == "before you..."
+
+
+def test_with_a_prompt_a_sent_word_is_never_taken_back() -> None:
+    text, _ = assemble_final(Decoded("", THANK), "10 of close. Thank", 4, voiced_end_ms=1088, prompted=True)
+    assert text == "10 of close. Thank"

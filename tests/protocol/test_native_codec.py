@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from echopanel.engines.base import TurnSettings
 from echopanel.events import (
     AudioCleared,
     Backpressure,
@@ -177,15 +178,15 @@ def test_unknown_and_malformed_messages() -> None:
 # -- server -> client ----------------------------------------------------------------------------------------------
 
 
-def encode(event: Any) -> list[dict[str, Any]]:
-    wires = codec().encode(event)
+def encode(event: Any, c: NativeCodec | None = None) -> list[dict[str, Any]]:
+    wires = (c or codec()).encode(event)
     for wire in wires:
         json.dumps(wire)  # plain JSON
     return wires
 
 
-def one(event: Any) -> dict[str, Any]:
-    wires = encode(event)
+def one(event: Any, c: NativeCodec | None = None) -> dict[str, Any]:
+    wires = encode(event, c)
     assert len(wires) == 1
     return wires[0]
 
@@ -316,11 +317,14 @@ def test_replies() -> None:
     resumed = one(SessionCreated(INFO, None, resumed=True, received_ms={"mic": 1200, "system": 900}))
     assert resumed["resumed"] is True and resumed["received_ms"] == {"mic": 1200, "system": 900}
     assert "event_id" not in resumed
+    turns = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 300, "prefix_padding_ms": 300}
     assert one(SessionUpdated("sess_1", "en", "u")) == {
         "type": "session.updated",
-        "session": {"id": "sess_1", "language": "en"},
+        "session": {
+            "id": "sess_1", "language": "en", "keyterms": [], "replace": {}, "partials": True, "turn_detection": turns,
+        },
         "event_id": "u",
-    }
+    }  # fmt: skip
     assert one(AudioCleared("system", "c")) == {
         "type": "input_audio_buffer.cleared",
         "source": "system",
@@ -329,3 +333,75 @@ def test_replies() -> None:
     assert one(Pong("p")) == {"type": "pong", "event_id": "p"} and one(Pong()) == {"type": "pong"}
     replayed = one(Replayed(SourceEvent("mic", FINAL)))
     assert replayed["type"] == "response.done" and replayed["replayed"] is True
+
+
+# -- settings that change mid-session (issue 14) ----------------------------------------------------------------------
+
+
+def test_keyterms_replacements_partials_and_turns_at_create_reach_the_session_as_one_update() -> None:
+    c = codec(bound=False)
+    session = {
+        "keyterms": ["Ragnhild", " Okonkwo ", "Ragnhild"], "replace": {"post gress": "Postgres"}, "partials": False,
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 800},
+    }  # fmt: skip
+    create = parse(c, {"type": "session.create", "session": session})
+    assert isinstance(create, cmd.CreateSession) and create.turn_detection
+    s = create.settings
+    assert s is not None and s.prompt == "Glossary: Ragnhild, Okonkwo." and s.partials is False
+    assert s.replacements is not None and s.replacements.apply(" the post gress db") == " the Postgres db"
+    assert s.turns == TurnSettings(enabled=True, silence_duration_ms=800)
+    assert (
+        c.settings["keyterms"] == ["Ragnhild", "Okonkwo"] and c.settings["turn_detection"]["silence_duration_ms"] == 800
+    )
+
+
+def test_session_update_changes_only_what_it_names_and_the_echo_shows_what_is_in_effect() -> None:
+    c = codec()
+    update = parse(c, {"type": "session.update", "event_id": "u1", "session": {"keyterms": ["Zyxel"]}})
+    assert update == cmd.UpdateSession(prompt="Glossary: Zyxel.", event_id="u1")
+    manual = parse(c, {"type": "session.update", "session": {"turn_detection": None, "keyterms": []}})
+    assert manual == cmd.UpdateSession(turns=TurnSettings(enabled=False), prompt="")
+    back = parse(c, {"type": "session.update", "session": {"turn_detection": {"type": "server_vad", "threshold": 0.7}}})
+    assert back == cmd.UpdateSession(turns=TurnSettings(enabled=True, threshold=0.7))
+    echoed = one(SessionUpdated("sess_1", "en", None), c)["session"]
+    assert echoed["keyterms"] == [] and echoed["partials"] is True
+    assert echoed["turn_detection"] == {
+        "type": "server_vad", "threshold": 0.7, "silence_duration_ms": 300, "prefix_padding_ms": 300,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("session", "param"),
+    [
+        ({"keyterms": ["x"] * 51}, "session.keyterms"),
+        ({"keyterms": ["x" * 51]}, "session.keyterms"),
+        ({"keyterms": ["  "]}, "session.keyterms"),
+        ({"keyterms": "Postgres"}, "session.keyterms"),
+        ({"replace": {f"k{i}": "v" for i in range(101)}}, "session.replace"),
+        ({"replace": {"...": "v"}}, "session.replace"),
+        ({"replace": {"a b c d e f g h i": "v"}}, "session.replace"),
+        ({"replace": {"post gress": ""}}, "session.replace"),
+        ({"replace": {"k": "v" * 101}}, "session.replace"),
+        ({"partials": "no"}, "session.partials"),
+        ({"turn_detection": {"type": "server_vad", "threshold": 1.5}}, "session.turn_detection.threshold"),
+        ({"turn_detection": {"silence_duration_ms": 50}}, "session.turn_detection.silence_duration_ms"),
+        ({"turn_detection": {"prefix_padding_ms": 2001}}, "session.turn_detection.prefix_padding_ms"),
+        ({"sample_rate": 8000}, "session.sample_rate"),
+    ],
+)
+def test_a_bad_update_is_refused_with_its_field_and_changes_nothing(session: dict[str, Any], param: str) -> None:
+    c = codec()
+    before = dict(c.settings)
+    with pytest.raises(ProtocolError) as err:
+        parse(c, {"type": "session.update", "session": session})
+    assert err.value.code == ErrorCode.INVALID_UPDATE and err.value.param == param
+    assert c.settings == before
+
+
+def test_the_bounds_hold_at_n() -> None:
+    c = codec()
+    terms = [f"term{i:02d}" + "x" * 44 for i in range(50)]
+    rules = {f"w{i} a b c d e f g": "v" * 100 for i in range(100)}
+    update = parse(c, {"type": "session.update", "session": {"keyterms": terms, "replace": rules}})
+    assert isinstance(update, cmd.UpdateSession) and update.replacements is not None
+    assert len(c.settings["keyterms"]) == 50 and len(c.settings["replace"]) == 100

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from openai import AsyncOpenAI
 from openai.types.beta.realtime import TranscriptionSessionUpdatedEvent
-from test_openai_realtime import client_for, pcm24, send_audio, typed
+from test_openai_realtime import RATE, client_for, pcm24, send_audio, typed
 
-from support import ServerProcess, librivox_refs, wer
+from echopanel.audio.convert import float_to_pcm16
+from echopanel.audio.wav import read_audio
+
+from support import CARDS, KEYTERMS, NAMES, ServerProcess, librivox_refs, names_found, normalize, wer
 
 GA_EVERY_FIELD = {
     "type": "transcription",
@@ -122,3 +127,57 @@ async def test_the_beta_transcription_session_shape(server: ServerProcess) -> No
         transcripts, _ = await collect(conn, clips, client_commits=False, recv=lambda: conn.recv())
     hyp = " ".join(transcripts.values())
     assert wer(" ".join(refs[n] for n in clips), hyp) <= 0.10, hyp
+
+
+def clips24(stems: list[str], gap_s: float, folder: Path = NAMES) -> bytes:
+    gap = np.zeros(int(RATE * gap_s), np.float32)
+    return float_to_pcm16(np.concatenate([np.concatenate([read_audio(folder / f"{s}.wav", RATE), gap]) for s in stems]))
+
+
+async def transcripts_of(conn: Any, n: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        ev = await asyncio.wait_for(conn.recv(), 60)
+        assert ev.type != "error", ev.error
+        if ev.type == "conversation.item.input_audio_transcription.completed":
+            out.append(ev.transcript)
+    return out
+
+
+async def updated_of(conn: Any) -> Any:
+    while True:
+        ev = await asyncio.wait_for(conn.recv(), 30)
+        assert ev.type != "error", ev.error
+        if ev.type == "session.updated":
+            return ev
+
+
+async def test_keywords_and_turn_detection_change_mid_session_through_the_sdk(server: ServerProcess) -> None:
+    """The SDK's ``keywords`` raise the recall of rare names (synthetic speech) from the next utterance on, and a new
+    ``silence_duration_ms`` joins two clips that the default 300 ms split (issue 14)."""
+    stems = ["02", "05", "07", "08"]
+    base = {"type": "transcription", "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}}
+    async with client_for(server).realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        typed(await conn.recv())
+        await conn.session.update(session=base)  # type: ignore[arg-type]
+        await updated_of(conn)
+        await send_audio(conn, clips24(stems, 1.0))
+        before = await transcripts_of(conn, len(stems))
+        hinted = {"model": "gpt-4o-transcribe", "keywords": list(KEYTERMS)}
+        await conn.session.update(session={"type": "transcription", "audio": {"input": {"transcription": hinted}}})  # type: ignore[arg-type, typeddict-item]
+        updated = await updated_of(conn)
+        assert updated.session.audio.input.transcription.keywords == list(KEYTERMS)
+        await send_audio(conn, clips24(stems, 1.0))
+        after = await transcripts_of(conn, len(stems))
+        await send_audio(conn, clips24(["001", "003"], 1.0, CARDS))
+        split = await transcripts_of(conn, 2)
+        td = {"type": "server_vad", "silence_duration_ms": 1500}
+        await conn.session.update(session={"type": "transcription", "audio": {"input": {"turn_detection": td}}})  # type: ignore[arg-type, typeddict-item]
+        assert (await updated_of(conn)).session.audio.input.turn_detection.silence_duration_ms == 1500
+        await send_audio(conn, clips24(["001", "003"], 1.0, CARDS) + b"\x00\x00" * RATE * 2)
+        joined = await transcripts_of(conn, 1)
+    found_before = set().union(*(names_found(t) for t in before))
+    found_after = set().union(*(names_found(t) for t in after))
+    assert len(found_after) >= len(found_before) + 3, (before, after)
+    assert [len(normalize(t).split()) for t in split] == [3, 3], split
+    assert len(normalize(joined[0]).split()) == 6, joined

@@ -80,6 +80,7 @@ class TextFinal:
     # Re-decoded at finalization by the primary engine: the items (numbers, same source) this one replaces, whose
     # finals came from a fallback engine or failed (every engine down). Set on the first item of a re-decoded span.
     replaces: tuple[int, ...] = ()
+    language: str | None = None  # the language it was decoded in (detected, in an "auto" session)
 
 
 @dataclass(slots=True, frozen=True)

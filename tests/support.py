@@ -109,3 +109,11 @@ def names_found(text: str, terms: tuple[str, ...] = KEYTERMS) -> set[str]:
     """The keyterms ``text`` spells exactly (case-insensitive, whole words)."""
     words = set(normalize(text).split())
     return {t for t in terms if normalize(t) in words}
+
+
+LANGUAGES = FIXTURES / "languages"  # synthetic (espeak-ng): no registry package ships real non-English speech
+
+
+def languages_refs() -> dict[str, str]:
+    rows = (line.split("\t", 1) for line in (LANGUAGES / "transcription.tsv").read_text().splitlines() if line)
+    return {code: text for code, text in rows}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from echopanel.config import RecognizerSettings
+from echopanel.engines import multilingual as multi
 from echopanel.engines.base import EngineCapabilities
 from echopanel.engines.utterance import SAMPLE_RATE, UtteranceEngine
 from echopanel.evaluation import normalize
@@ -71,7 +72,7 @@ def _words_of(text: str) -> list[str]:
 class WhisperDecoder:
     """Thread-safe decode of one utterance on the shared model."""
 
-    def __init__(self, model_dir: Path, *, workers: int, cpu_threads: int) -> None:
+    def __init__(self, model_dir: Path, *, workers: int, cpu_threads: int, multilingual: Path | None = None) -> None:
         cls = _make_model_class()
         self.model_dir = model_dir
         self.name = "whisper"
@@ -81,7 +82,31 @@ class WhisperDecoder:
         self.prefix_retries = 0  # finals decoded again because they stopped at their prefix (see decode)
         # What the weights can transcribe: ("en",) for tiny.en. faster-whisper silently decodes English when an
         # English-only model is asked for another language; this decoder refuses instead (UnsupportedLanguage).
-        self.languages: tuple[str, ...] = tuple(self.model.supported_languages)
+        self.own: tuple[str, ...] = tuple(self.model.supported_languages)
+        if self.model.model.is_multilingual:
+            self.own = (*self.own, multi.AUTO)
+        self.languages = self.own
+        # With the multilingual extra installed (``multilingual``: where to assemble it), other languages and "auto"
+        # go to Whisper base, loaded by the first decode that needs it (engines/multilingual.py).
+        self._models = multilingual
+        self._multi: WhisperDecoder | None = None
+        self._multi_lock = threading.Lock()
+        self._workers, self._threads = workers, cpu_threads
+        if multilingual is not None and not self.model.model.is_multilingual:
+            self.languages = (*self.own, *(c for c in multi.languages() if c not in self.own), multi.AUTO)
+
+    def _multilingual(self) -> WhisperDecoder:
+        with self._multi_lock:
+            if self._multi is None:
+                assert self._models is not None
+                path = multi.model_dir(self._models)
+                self._multi = WhisperDecoder(path, workers=self._workers, cpu_threads=self._threads)
+                log.info("multilingual model loaded (%s)", path)
+            return self._multi
+
+    @property
+    def multilingual_loaded(self) -> bool:
+        return self._multi is not None
 
     def decode(
         self,
@@ -94,12 +119,17 @@ class WhisperDecoder:
         expect_more: bool = False,
         language: str = "en",
     ) -> Decoded:
-        if language not in self.languages:
-            raise UnsupportedLanguage(f"language {language!r} is not supported by {self.model_dir.name}")
+        if language not in self.own:
+            if language not in self.languages:
+                raise UnsupportedLanguage(f"language {language!r} is not supported by {self.model_dir.name}")
+            return self._multilingual().decode(
+                audio, prefix=prefix, context=context, final=final, beam_size=beam_size, expect_more=expect_more,
+                language=language,
+            )  # fmt: skip
         seconds = len(audio) / SAMPLE_RATE
         _local.frames = min(MAX_FRAMES, max(MIN_FRAMES, math.ceil(seconds + PAD_S) * FRAMES_PER_S))
         options: dict[str, Any] = {
-            "language": language,
+            "language": None if language == multi.AUTO else language,
             "vad_filter": False,
             "condition_on_previous_text": False,
             "initial_prompt": context or None,
@@ -116,7 +146,7 @@ class WhisperDecoder:
             max_new = min(220, int(12 + 7 * seconds))
             options.update(beam_size=1, temperature=0.0, without_timestamps=True, max_new_tokens=max_new)
         try:
-            segments, _info = self.model.transcribe(audio, **options)
+            segments, info = self.model.transcribe(audio, **options)
             segments = list(segments)
             if final and prefix and expect_more and _words(segments) == _words_of(prefix):
                 # The final stopped at its prefix although the last partial heard more. In timestamp mode the prefix
@@ -140,7 +170,7 @@ class WhisperDecoder:
             for s in kept:
                 for w in s.words or ():
                     words.append(Word(w.word, round(w.start * 1000), round(w.end * 1000), round(w.probability, 3)))
-        return Decoded(text, tuple(words))
+        return Decoded(text, tuple(words), language=info.language)
 
 
 class WhisperEngine(UtteranceEngine):
@@ -155,9 +185,10 @@ class WhisperEngine(UtteranceEngine):
         recognizer: RecognizerSettings | None = None,
         scheduler: InferenceScheduler | None = None,
         decode_timeout_s: float | None = None,
+        multilingual: Path | None = None,
     ) -> None:
         model_dir = model_dir or packaged_model_dir()
-        self.decoder = WhisperDecoder(model_dir, workers=workers, cpu_threads=cpu_threads)
+        self.decoder = WhisperDecoder(model_dir, workers=workers, cpu_threads=cpu_threads, multilingual=multilingual)
         self.scheduler = scheduler or InferenceScheduler(workers)
         self.scheduler.start()
         # Every decode runs on the shared scheduler; one running past decode_timeout_s is abandoned (its worker

@@ -34,6 +34,7 @@ class Decoded:
     text: str
     words: tuple[Word, ...]  # times relative to the start of the decoded audio; empty for partials
     engine: str = ""  # the engine that produced it (set by runners; the chain tells which engine of it)
+    language: str = ""  # the language decoded (detected, with "auto"); "" when the engine does not say
 
 
 @dataclass(slots=True, frozen=True)

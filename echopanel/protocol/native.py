@@ -394,6 +394,8 @@ def source_event(se: SourceEvent) -> dict[str, Any]:
             "compute_ms": ev.compute_ms,
             "repaired": ev.repaired,
         }
+        if ev.language:
+            out["language"] = ev.language
         if se.speaker_turns:
             out["speaker_turns"] = [{"speaker": s, "start_ms": a, "end_ms": b} for a, b, s in se.speaker_turns]
         if ev.superseded:

@@ -449,6 +449,7 @@ class VadStreamingRecognizer:
                 round(item.compute_s * 1000, 1),
                 response_id=rid,
                 speech_end_ms=utt.last_voiced // self._ms,
+                language=result.value.language or self._language,
             )
         )
         if text and self._s.context_chars > 0:

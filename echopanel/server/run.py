@@ -17,6 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from echopanel.config import Settings
+from echopanel.engines import multilingual
 from echopanel.engines.base import SpeechEngine
 from echopanel.engines.chain import ChainEngine
 from echopanel.engines.faults import FaultSwitch, FaultyEngine
@@ -49,6 +50,8 @@ def build_engine(settings: Settings, faults: FaultSwitch | None = None) -> Speec
             cpu_threads=settings.cpu_threads_per_worker,
             recognizer=settings.recognizer,
             decode_timeout_s=settings.decode_timeout_s,
+            # other languages and "auto": Whisper base, when the multilingual extra is installed
+            multilingual=settings.data_dir / "models" if multilingual.installed() else None,
         )
     ]
     if settings.fallback_engine == "pocketsphinx":  # the settings allow "pocketsphinx" or "none"

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also runnable
 from bench.common import (
     SAMPLE_RATE,
     ContentionMonitor,
+    cards_files,
     fmt,
     git_state,
     librivox_files,
@@ -184,15 +185,16 @@ def speech_bounds(
 
 
 def build_stream(
-    gap_s: float = GAP_S, floor_margin_db: float | None = FLOOR_MARGIN_DB
+    gap_s: float = GAP_S, floor_margin_db: float | None = FLOOR_MARGIN_DB, files: list[tuple[Path, str]] | None = None
 ) -> tuple[bytes, list[Sentence], list[Sentence]]:
-    """The five sentences, each followed by ``gap_s`` of silence, as PCM16; speech bounds by both rules."""
+    """The sentences (default: the five LibriVox ones), each followed by ``gap_s`` of silence, as PCM16; speech
+    bounds by both rules."""
     gap = np.zeros(round(gap_s * SAMPLE_RATE), np.float32)
     parts: list[np.ndarray] = []
     sentences: list[Sentence] = []
     alt: list[Sentence] = []
     position = 0
-    for path, reference in librivox_files():
+    for path, reference in files or librivox_files():
         audio = read_audio(path)
         for rule, out in ((floor_margin_db, sentences), (None, alt)):
             first, last = speech_bounds(audio, floor_margin_db=rule)
@@ -303,7 +305,16 @@ def run_result(run: int, session: Session, pcm: bytes, sentences: list[Sentence]
 # -- offline reference ------------------------------------------------------------------------------------------------
 
 
-def offline_decode() -> tuple[list[str], float]:
+def names_files() -> list[tuple[Path, str]]:
+    folder = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "audio" / "names"
+    rows = [line.split("\t", 1) for line in (folder / "transcription.tsv").read_text().splitlines() if line]
+    return [(folder / f"{stem}.wav", normalize(text)) for stem, text in rows]
+
+
+SPEECH = {"librivox": librivox_files, "names": names_files, "cards": cards_files}
+
+
+def offline_decode(files: list[tuple[Path, str]] | None = None) -> tuple[list[str], float]:
     """Whole-file decode of each sentence with plain faster-whisper (beam 5): texts and corpus WER."""
     from faster_whisper import WhisperModel
 
@@ -312,7 +323,7 @@ def offline_decode() -> tuple[list[str], float]:
     model = WhisperModel(str(packaged_model_dir()), device="cpu", compute_type="int8")
     texts: list[str] = []
     refs: list[str] = []
-    for path, reference in librivox_files():
+    for path, reference in files or librivox_files():
         segments, _info = model.transcribe(read_audio(path), beam_size=5, language="en")
         texts.append("".join(s.text for s in segments).strip())
         refs.append(reference)
@@ -439,9 +450,9 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 async def run_all(
-    url: str, runs: int, server_pid: int | None
+    url: str, runs: int, server_pid: int | None, files: list[tuple[Path, str]] | None = None
 ) -> tuple[list[RunResult], list[Sentence], list[Sentence]]:
-    pcm, sentences, alt = build_stream()
+    pcm, sentences, alt = build_stream(files=files)
     results = []
     for n in range(1, runs + 1):
         session = await stream_session(url, pcm, server_pid)
@@ -459,24 +470,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="use this running server (ws://HOST:PORT/v1/live) instead of starting one")
     parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, for its CPU time")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--speech",
+        choices=sorted(SPEECH),
+        default="librivox",
+        help="librivox (default; the recognizer was tuned on it), names (synthetic read sentences, held out from "
+        "latency tuning) or cards (real, 1-3 s clips, held out)",
+    )
     args = parser.parse_args(argv)
+    files = SPEECH[args.speech]()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
     version = git_state()
     print(f"checkout {version}")
     print("offline reference decode (faster-whisper, beam 5, whole files)...", file=sys.stderr)
-    offline_texts, offline_wer = offline_decode()
+    offline_texts, offline_wer = offline_decode(files)
     print(f"offline WER {offline_wer:.2%}")
     for text in offline_texts:
         print(f"  offline: {text}")
 
     server_log: list[str] = []
     if args.url:
-        runs, sentences, alt = asyncio.run(run_all(args.url, args.runs, args.server_pid))
+        runs, sentences, alt = asyncio.run(run_all(args.url, args.runs, args.server_pid, files))
     else:
         with start_server() as server:
-            runs, sentences, alt = asyncio.run(run_all(server.url, args.runs, server.pid))
+            runs, sentences, alt = asyncio.run(run_all(server.url, args.runs, server.pid, files))
             server_log = server.warnings
     summary = summarize(runs, offline_wer, sentences)
     print_summary(summary)
@@ -496,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                     "speech_db": SPEECH_DB,
                     "floor_margin_db": FLOOR_MARGIN_DB,
                     "url": args.url or "spawned",
+                    "speech": args.speech,
                     "checkout": version,
                 },
                 "sentences": [asdict(s) for s in sentences],

@@ -354,7 +354,10 @@ class VadStreamingRecognizer:
         utt = item.utt
         if utt.speech_samples < self._s.first_partial_ms * self._ms:
             return False
-        return utt.samples - item.decoded_samples >= self._policy.partial_interval_ms * self._ms
+        interval = self._policy.partial_interval_ms
+        if item.decoded_samples and not item.last_tentative and not item.agreement.stable:
+            interval //= 2  # the first decodes heard no word yet: the first text should not wait a whole interval
+        return utt.samples - item.decoded_samples >= interval * self._ms
 
     async def _partial(self, item: _Item) -> None:
         utt = item.utt

@@ -117,3 +117,14 @@ LANGUAGES = FIXTURES / "languages"  # synthetic (espeak-ng): no registry package
 def languages_refs() -> dict[str, str]:
     rows = (line.split("\t", 1) for line in (LANGUAGES / "transcription.tsv").read_text().splitlines() if line)
     return {code: text for code, text in rows}
+
+
+def clips(folder: Path, stems: list[str], gap_s: float = 1.0, rate: int = 16000) -> bytes:
+    """The fixture clips ``folder/<stem>.wav`` at ``rate``, each followed by ``gap_s`` of silence, as PCM16."""
+    import numpy as np
+
+    from echopanel.audio.convert import float_to_pcm16
+    from echopanel.audio.wav import read_audio
+
+    gap = np.zeros(int(gap_s * rate), np.float32)
+    return float_to_pcm16(np.concatenate([np.concatenate([read_audio(folder / f"{s}.wav", rate), gap]) for s in stems]))

@@ -60,9 +60,6 @@ class Replacements:
     def __bool__(self) -> bool:
         return bool(self._table)
 
-    def as_dict(self) -> dict[str, str]:
-        return dict(self.pairs)
-
     def parse(self, keys: Sequence[str]) -> list[tuple[int, int, str | None]]:
         """Pieces ``(start, end, replacement)`` covering ``keys`` (normalized words) in order; None: a word kept."""
         pieces: list[tuple[int, int, str | None]] = []

@@ -3,19 +3,15 @@ partial interval of new audio, not a whole one (issue 12: first partial p50 0.72
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from streaming import run_stream
 
 from echopanel.audio.wav import read_audio
 from echopanel.config import RecognizerSettings
 from echopanel.inference.jobs import Decoded, Decoder
-from echopanel.inference.scheduler import InferenceScheduler
-from echopanel.recognizer.stream import VadStreamingRecognizer
 from echopanel.recognizer.types import StreamOptions
-from echopanel.recognizer.vad import SileroVoiceDetector
 
 from support import LIBRIVOX
 
@@ -39,31 +35,10 @@ class SlowToHear(Decoder):
 
 
 async def test_the_next_partial_comes_sooner_while_none_has_heard_a_word() -> None:
-    decoder, scheduler = SlowToHear(), InferenceScheduler(1)
-    scheduler.start()
-    vad = ThreadPoolExecutor(1)
-    settings = RecognizerSettings()
-    stream = VadStreamingRecognizer(
-        decoder=decoder, scheduler=scheduler, detector=SileroVoiceDetector(16000), vad_executor=vad,
-        options=StreamOptions(source="mic"), settings=settings,
-    )  # fmt: skip
-
-    async def drain() -> None:
-        async for _ in stream.events():
-            pass
-
-    reader = asyncio.create_task(drain())
+    decoder, settings = SlowToHear(), RecognizerSettings()
     audio = np.concatenate([read_audio(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav"), np.zeros(16000)])
-    try:
-        for i in range(0, len(audio), 320):  # 20 ms pieces, each given time to be decoded
-            await stream.push(audio[i : i + 320].astype(np.float32))
-            await asyncio.sleep(0.005)
-        await stream.flush()
-        await stream.aclose()
-        await reader
-    finally:
-        scheduler.stop()
-        vad.shutdown()
+    # 20 ms pieces, each given time to be decoded
+    await run_stream(decoder, audio, StreamOptions(source="mic"), settings=settings, piece=320, pause_s=0.005)
     gaps_ms = [(b - a) // 16 for a, b in zip(decoder.partials, decoder.partials[1:], strict=False)]
     half, whole = settings.partial_interval_ms // 2, settings.partial_interval_ms
     assert len(gaps_ms) >= 4, gaps_ms

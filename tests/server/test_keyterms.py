@@ -11,10 +11,6 @@ import re
 import time
 from typing import Any
 
-import numpy as np
-
-from echopanel.audio.convert import float_to_pcm16
-from echopanel.audio.wav import read_audio
 from echopanel.client import LiveClient
 from echopanel.client.live import TranscriptView
 from echopanel.client.stream import send_source, transcribe
@@ -27,6 +23,7 @@ from support import (
     PHONE,
     ServerProcess,
     cards_refs,
+    clips,
     librivox_refs,
     names_found,
     names_refs,
@@ -35,13 +32,6 @@ from support import (
 )
 
 BLOCK = {"overflow": "block"}
-
-
-def clips(folder: Any, stems: list[str], gap_s: float = 1.0) -> bytes:
-    gap = np.zeros(int(gap_s * 16000), np.float32)
-    return float_to_pcm16(
-        np.concatenate([np.concatenate([read_audio(folder / f"{s}.wav", 16000), gap]) for s in stems])
-    )
 
 
 def repeats(text: str) -> list[str]:

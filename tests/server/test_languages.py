@@ -9,19 +9,15 @@ non-English speech with a reference.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from echopanel.audio.convert import float_to_pcm16
-from echopanel.audio.wav import read_audio
 from echopanel.client import LiveClient
 from echopanel.client.live import ServerError
 from echopanel.client.stream import transcribe
 
-from support import LANGUAGES, LIBRIVOX, ServerProcess, languages_refs, librivox_refs, run_server, wer
+from support import LANGUAGES, LIBRIVOX, ServerProcess, clips, languages_refs, librivox_refs, run_server, wer
 
 LOADED = "multilingual model loaded"
 
@@ -31,13 +27,6 @@ def lang_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     """A server of this module's own: whether the multilingual model is loaded is the process's state."""
     with run_server(tmp_path_factory.mktemp("languages")) as srv:
         yield srv
-
-
-def clips(folder: Path, stems: list[str]) -> bytes:
-    gap = np.zeros(16000, np.float32)
-    return float_to_pcm16(
-        np.concatenate([np.concatenate([read_audio(folder / f"{s}.wav", 16000), gap]) for s in stems])
-    )
 
 
 async def finals(server: ServerProcess, pcm: bytes, **session: Any) -> list[dict[str, Any]]:

@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from openai import AsyncOpenAI
 from openai.types.beta.realtime import TranscriptionSessionUpdatedEvent
 from test_openai_realtime import RATE, client_for, pcm24, send_audio, typed
 
-from echopanel.audio.convert import float_to_pcm16
-from echopanel.audio.wav import read_audio
-
-from support import CARDS, KEYTERMS, NAMES, ServerProcess, librivox_refs, names_found, normalize, wer
+from support import CARDS, KEYTERMS, NAMES, ServerProcess, clips, librivox_refs, names_found, normalize, wer
 
 GA_EVERY_FIELD = {
     "type": "transcription",
@@ -129,11 +124,6 @@ async def test_the_beta_transcription_session_shape(server: ServerProcess) -> No
     assert wer(" ".join(refs[n] for n in clips), hyp) <= 0.10, hyp
 
 
-def clips24(stems: list[str], gap_s: float, folder: Path = NAMES) -> bytes:
-    gap = np.zeros(int(RATE * gap_s), np.float32)
-    return float_to_pcm16(np.concatenate([np.concatenate([read_audio(folder / f"{s}.wav", RATE), gap]) for s in stems]))
-
-
 async def transcripts_of(conn: Any, n: int) -> list[str]:
     out: list[str] = []
     while len(out) < n:
@@ -161,20 +151,20 @@ async def test_keywords_and_turn_detection_change_mid_session_through_the_sdk(se
         typed(await conn.recv())
         await conn.session.update(session=base)  # type: ignore[arg-type]
         await updated_of(conn)
-        await send_audio(conn, clips24(stems, 1.0))
+        await send_audio(conn, clips(NAMES, stems, rate=RATE))
         before = await transcripts_of(conn, len(stems))
         hinted = {"model": "gpt-4o-transcribe", "keywords": list(KEYTERMS)}
         await conn.session.update(session={"type": "transcription", "audio": {"input": {"transcription": hinted}}})  # type: ignore[arg-type, typeddict-item]
         updated = await updated_of(conn)
         assert updated.session.audio.input.transcription.keywords == list(KEYTERMS)
-        await send_audio(conn, clips24(stems, 1.0))
+        await send_audio(conn, clips(NAMES, stems, rate=RATE))
         after = await transcripts_of(conn, len(stems))
-        await send_audio(conn, clips24(["001", "003"], 1.0, CARDS))
+        await send_audio(conn, clips(CARDS, ["001", "003"], rate=RATE))
         split = await transcripts_of(conn, 2)
         td = {"type": "server_vad", "silence_duration_ms": 1500}
         await conn.session.update(session={"type": "transcription", "audio": {"input": {"turn_detection": td}}})  # type: ignore[arg-type, typeddict-item]
         assert (await updated_of(conn)).session.audio.input.turn_detection.silence_duration_ms == 1500
-        await send_audio(conn, clips24(["001", "003"], 1.0, CARDS) + b"\x00\x00" * RATE * 2)
+        await send_audio(conn, clips(CARDS, ["001", "003"], rate=RATE) + b"\x00\x00" * RATE * 2)
         joined = await transcripts_of(conn, 1)
     found_before = set().union(*(names_found(t) for t in before))
     found_after = set().union(*(names_found(t) for t in after))
